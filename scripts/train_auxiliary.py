@@ -1,0 +1,18 @@
+"""Make model N+1 from model N, SAE N and the sharpener (auxiliary retraining).
+
+    python scripts/train_auxiliary.py run_dir=outputs/my_run cycle.current=0 sharpening=per_example
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from sae_ception.cli import run_entrypoint
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_entrypoint("train_auxiliary", cfg)
+
+
+if __name__ == "__main__":
+    main()

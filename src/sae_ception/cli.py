@@ -1,0 +1,60 @@
+"""The shared body of every script: validate, check the run folder, then run one task with logging set up.
+
+Everything that can be wrong with the input is checked before anything is written, and reported as
+one line (exit code 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig
+
+from sae_ception.config import parse_config
+from sae_ception.errors import SAECeptionError
+from sae_ception.run import RunContext, check_resumable
+from sae_ception.utils.device import make_accelerator
+from sae_ception.utils.tracking import Tracker
+
+log = logging.getLogger("sae_ception")
+
+
+def run_entrypoint(name: str, hydra_cfg: DictConfig) -> Any:
+    """Body of `scripts/<name>.py`."""
+    from sae_ception.entrypoints import ENTRYPOINTS
+
+    entry = ENTRYPOINTS[name]
+    return run_task(hydra_cfg, entry.task, entry.preflight)
+
+Task = Callable[[RunContext], Any]
+
+
+def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None) -> Any:
+    try:
+        cfg = parse_config(hydra_cfg)
+        accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
+        ctx = RunContext(cfg, accelerator)
+        check_resumable(ctx.layout, cfg)
+        ctx.splits  # data problems surface here, before anything is written
+        if preflight is not None:
+            preflight(ctx)
+        if accelerator.is_main_process:
+            ctx.save_config()
+        log.info("run folder: %s (device %s)", ctx.layout.root, accelerator.device)
+        ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None
+        try:
+            return task(ctx)
+        except BaseException:
+            if ctx.tracker is not None:
+                ctx.tracker.finish(exit_code=1)
+            raise
+        finally:
+            if ctx.tracker is not None:
+                ctx.tracker.finish()
+    except SAECeptionError as ex:
+        log.error("error: %s", ex)
+        sys.exit(2)
+

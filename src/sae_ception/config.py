@@ -1,0 +1,176 @@
+"""Typed configuration: Hydra composes YAML, this module checks it against dataclasses and fails in one line.
+
+Each group's schema lives beside its implementation and is found through that group's registry
+(`sae.type`, `sharpening.type`, `model.name`, `dataset.name`), so a new variant needs no change here.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sae_ception.data import DATASETS, DatasetConfig
+from sae_ception.errors import ConfigError
+from sae_ception.models import MODELS, ModelConfig
+from sae_ception.sae import SAE_TYPES, SAEConfig
+from sae_ception.sharpening import SHARPENERS, SharpeningConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("no", "fp16", "bf16")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class MethodConfig:
+    name: str = "sae_ception"
+
+    def __post_init__(self) -> None:
+        if self.name != "sae_ception":
+            raise ConfigError(f"method.name={self.name!r} is not a known method; valid: sae_ception")
+
+
+@dataclass
+class CycleConfig:
+    """The SAE-ception loop: how many cycles, and how each auxiliary retraining runs."""
+
+    max_cycles: int = 3  # auxiliary retrainings; models 0..max_cycles are each evaluated with their own SAE
+    current: int = 0  # which cycle a single-stage script works on (model N, SAE N)
+    aux_loss_weight: float = 0.1  # lambda in task loss + lambda * (1 - cos(activation, target))
+    epochs: int = 10  # epochs of each auxiliary retraining
+    lr: Optional[float] = None  # None: model.lr
+    trainable: List[str] = field(default_factory=lambda: ["all"])  # ["all"] or parameter-name prefixes
+
+    def __post_init__(self) -> None:
+        if self.max_cycles < 0:
+            raise ConfigError(f"cycle.max_cycles={self.max_cycles} must be >= 0")
+        if self.current < 0:
+            raise ConfigError(f"cycle.current={self.current} must be >= 0")
+        if self.aux_loss_weight < 0:
+            raise ConfigError(f"cycle.aux_loss_weight={self.aux_loss_weight} must be >= 0")
+        if self.epochs < 0:
+            raise ConfigError(f"cycle.epochs={self.epochs} must be >= 0")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"cycle.lr={self.lr} must be > 0 (or null to use model.lr)")
+        if not self.trainable:
+            raise ConfigError("cycle.trainable is empty; use [all] or a list of parameter-name prefixes")
+
+
+@dataclass
+class InputsConfig:
+    """Explicit artifact paths; when unset, a stage takes its inputs from the run folder."""
+
+    model: Optional[str] = None  # a model checkpoint folder: the model of cycle `cycle.current`
+    sae: Optional[str] = None  # an SAE checkpoint folder: the SAE of cycle `cycle.current`
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline (log locally, `wandb sync` later), online, or disabled
+    project: str = "sae-ception"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"wandb.mode={self.mode!r} is not valid; use one of {', '.join(WANDB_MODES)}")
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"  # this job's folder (Hydra's runtime output dir)
+
+
+@dataclass
+class Settings:
+    """The scalar settings at the top of config.yaml."""
+
+    seed: int = 0  # fixes data splits, initialisation and data order
+    device: str = "auto"  # auto (CUDA when visible), cpu or cuda; several GPUs via `accelerate launch`
+    mixed_precision: str = "no"  # no, fp16 (CUDA) or bf16
+    resume: bool = True  # rerunning into an existing run folder skips the stages it already finished
+    run_dir: str = "outputs"  # the run folder (Hydra's run dir); give an existing one to resume it
+    progress: bool = True  # tqdm progress bars
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device={self.device!r} is not valid; use one of {', '.join(DEVICES)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(
+                f"mixed_precision={self.mixed_precision!r} is not valid; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.eval_batch_size <= 0:
+            raise ConfigError(f"eval_batch_size={self.eval_batch_size} must be a positive integer")
+
+
+@dataclass
+class Config(Settings):
+    """Everything a run needs, typed; built by `parse_config` from the composed Hydra config."""
+
+    dataset: DatasetConfig = None  # type: ignore[assignment]
+    model: ModelConfig = None  # type: ignore[assignment]
+    sae: SAEConfig = None  # type: ignore[assignment]
+    sharpening: SharpeningConfig = None  # type: ignore[assignment]
+    method: MethodConfig = field(default_factory=MethodConfig)
+    cycle: CycleConfig = field(default_factory=CycleConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sae.validate_for(self.model.target_width())
+
+
+# group name -> (registry, the key inside the group that selects the variant)
+_REGISTERED_GROUPS = {
+    "dataset": (DATASETS, "name"),
+    "model": (MODELS, "name"),
+    "sae": (SAE_TYPES, "type"),
+    "sharpening": (SHARPENERS, "type"),
+}
+_PLAIN_GROUPS = {
+    "method": MethodConfig,
+    "cycle": CycleConfig,
+    "inputs": InputsConfig,
+    "wandb": WandbConfig,
+    "paths": PathsConfig,
+}
+
+
+def _typed(group: str, schema: type, values: Any) -> Any:
+    """Merge `values` onto `schema` and instantiate it; any type or name error becomes one line."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as ex:
+        full_key = getattr(ex, "full_key", None)
+        key = ".".join(part for part in (group, full_key) if part) or "config"
+        message = str(getattr(ex, "msg", ex)).splitlines()[0]
+        raise ConfigError(f"{key}: {message}") from None
+
+
+def parse_config(cfg: DictConfig) -> Config:
+    """Validate a composed Hydra config and return the typed `Config` (raises ConfigError)."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as ex:
+        raise ConfigError(str(getattr(ex, "msg", ex)).splitlines()[0]) from None
+    container.pop("hydra", None)
+    groups: dict[str, Any] = {}
+    for group, (registry, key) in _REGISTERED_GROUPS.items():
+        values = container.pop(group, None)
+        if not isinstance(values, dict) or key not in values:
+            raise ConfigError(f"{group}.{key} is missing; valid: {', '.join(registry.names())}")
+        groups[group] = _typed(group, registry.get(values[key]).config_class, values)
+    for group, schema in _PLAIN_GROUPS.items():
+        groups[group] = _typed(group, schema, container.pop(group, None) or {})
+    settings = _typed("", Settings, container)
+    try:
+        return Config(**groups, **vars(settings))
+    except TypeError as ex:  # pragma: no cover - a programming error in the schema
+        raise ConfigError(str(ex)) from None
+

@@ -1,0 +1,48 @@
+"""What each script runs: its task and the checks that must pass before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from sae_ception.run import RunContext
+from sae_ception.stages.artifacts import require_model, require_sae
+from sae_ception.stages.auxiliary import run_auxiliary
+from sae_ception.stages.baseline import run_baseline
+from sae_ception.stages.cycle import run_cycles
+from sae_ception.stages.sae import run_sae
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    task: Callable[[RunContext], Any]
+    preflight: Optional[Callable[[RunContext], None]] = None
+
+
+def _current(ctx: RunContext) -> int:
+    return ctx.cfg.cycle.current
+
+
+def _cycle_preflight(ctx: RunContext) -> None:
+    if _current(ctx) > 0 or ctx.cfg.inputs.model:
+        require_model(ctx, _current(ctx))
+    if ctx.cfg.inputs.sae:
+        require_sae(ctx, _current(ctx))
+
+
+def _baseline_preflight(ctx: RunContext) -> None:
+    if ctx.cfg.inputs.model:
+        require_model(ctx, 0)
+
+
+def _auxiliary_preflight(ctx: RunContext) -> None:
+    require_model(ctx, _current(ctx))
+    require_sae(ctx, _current(ctx))
+
+
+ENTRYPOINTS = {
+    "train_cycle": Entrypoint(run_cycles, _cycle_preflight),
+    "train_baseline": Entrypoint(run_baseline, _baseline_preflight),
+    "train_sae": Entrypoint(lambda ctx: run_sae(ctx, _current(ctx)), lambda ctx: require_model(ctx, _current(ctx))),
+    "train_auxiliary": Entrypoint(lambda ctx: run_auxiliary(ctx, _current(ctx)), _auxiliary_preflight),
+}

@@ -1,0 +1,43 @@
+"""Task performance of a model, on its own and with the SAE's reconstruction spliced in at the target layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from sae_ception.models import Classifier, replace_output
+
+
+def accuracy_and_loss(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
+    return {
+        "accuracy": (logits_NC.argmax(-1) == labels_N).float().mean().item(),
+        "loss": F.cross_entropy(logits_NC.float(), labels_N).item(),
+    }
+
+
+@torch.no_grad()
+def spliced_logits(model: Classifier, sae, x: torch.Tensor, accelerator: Accelerator, batch_size: int) -> torch.Tensor:
+    """Logits when the target layer's output is replaced by the SAE's reconstruction of it."""
+    model = model.to(accelerator.device).eval()
+    sae = sae.to(accelerator.device).eval()
+    out = []
+    with replace_output(model.target_module(), lambda acts: sae.decode(sae.encode(acts.float())).to(acts.dtype)):
+        for xb in x.split(batch_size):
+            with accelerator.autocast():
+                out.append(model(xb.to(accelerator.device)).float().cpu())
+    return torch.cat(out)
+
+
+def performance_metrics(
+    logits_NC: torch.Tensor, spliced_logits_NC: torch.Tensor, labels_N: torch.Tensor
+) -> dict[str, float]:
+    own = accuracy_and_loss(logits_NC, labels_N)
+    spliced = accuracy_and_loss(spliced_logits_NC, labels_N)
+    return {
+        "accuracy": own["accuracy"],
+        "loss": own["loss"],
+        "spliced_accuracy": spliced["accuracy"],
+        "spliced_loss": spliced["loss"],
+        "spliced_accuracy_drop": own["accuracy"] - spliced["accuracy"],
+    }

@@ -1,0 +1,122 @@
+"""The run folder: where each artifact lives, whether a rerun may resume it, and shared per-run state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+from accelerate import Accelerator
+
+from sae_ception.config import Config
+from sae_ception.data import DataSplits, load_splits
+from sae_ception.errors import ConfigError
+from sae_ception.utils.io import checkpoint_exists, write_text
+from sae_ception.utils.seeding import stage_seed
+from sae_ception.utils.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# Settings that may change between invocations on one run folder without invalidating what it holds.
+RESUME_NEUTRAL = {
+    ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",), ("mixed_precision",),
+    ("eval_batch_size",), ("inputs",), ("cycle", "max_cycles"), ("cycle", "current"),
+}
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def model(self, cycle: int) -> Path:
+        return self.root / "checkpoints" / f"model_cycle_{cycle}"
+
+    def sae(self, cycle: int) -> Path:
+        return self.root / "checkpoints" / f"sae_cycle_{cycle}"
+
+    def activations(self, cycle: int) -> Path:
+        return self.root / "activations" / f"cycle_{cycle}.safetensors"
+
+    def results(self, cycle: int) -> Path:
+        return self.root / "results" / f"cycle_{cycle}.json"
+
+    def model_cycles(self) -> list[int]:
+        found = self.root.glob("checkpoints/model_cycle_*")
+        return sorted(int(p.name.rsplit("_", 1)[1]) for p in found if checkpoint_exists(p))
+
+    def has_artifacts(self) -> bool:
+        return any((self.root / sub).exists() for sub in ("checkpoints", "activations", "results"))
+
+
+def _without_neutral(tree: dict, prefix: tuple = ()) -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = (*prefix, key)
+        if path in RESUME_NEUTRAL:
+            continue
+        out[key] = _without_neutral(value, path) if isinstance(value, dict) else value
+    return out
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        diffs = []
+        for key in sorted(set(old) | set(new), key=str):
+            diffs += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return diffs
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def check_resumable(layout: RunLayout, cfg: Config) -> None:
+    """Refuse to mix artifacts made under other settings; never touch a folder we would not resume."""
+    if not layout.has_artifacts():
+        return
+    if not cfg.resume:
+        raise ConfigError(
+            f"resume=false but {layout.root} already holds a run; use resume=true to continue it, or a new run_dir"
+        )
+    if not layout.config.is_file():
+        raise ConfigError(f"{layout.root} holds artifacts but no config.yaml; use a new run_dir")
+    old = _without_neutral(yaml.safe_load(layout.config.read_text()))
+    new = _without_neutral(asdict(cfg))
+    diffs = _differences(old, new)
+    if diffs:
+        raise ConfigError(
+            f"run_dir {layout.root} was made with other settings ({'; '.join(diffs[:3])}); "
+            "rerun with the same settings to resume, or use a new run_dir"
+        )
+
+
+class RunContext:
+    """What every stage of one run shares: typed config, folder layout, accelerator, tracker and data."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator, tracker: Optional[Tracker] = None):
+        self.cfg = cfg
+        self.layout = RunLayout(Path(cfg.paths.output_dir))
+        self.accelerator = accelerator
+        self.tracker = tracker
+        self.activation_cache: dict[int, Any] = {}
+
+    @cached_property
+    def splits(self) -> DataSplits:
+        return load_splits(self.cfg.dataset, seed=stage_seed(self.cfg.seed, 0, "data"))
+
+    def seed_for(self, cycle: int, stage: str) -> int:
+        return stage_seed(self.cfg.seed, cycle, stage)
+
+    def log_fn(self, stage: str, step_offset: int = 0) -> Callable[[dict, int], None]:
+        def log(metrics: dict, step: int) -> None:
+            if self.tracker is not None:
+                self.tracker.log_step(stage, metrics, step_offset + step)
+
+        return log
+
+    def save_config(self) -> None:
+        write_text(self.layout.config, yaml.safe_dump(asdict(self.cfg), sort_keys=False))

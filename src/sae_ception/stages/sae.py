@@ -1,0 +1,39 @@
+"""Stage 2: freeze model N, read its cached target-layer activations, train SAE N on the training split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sae_ception.run import RunContext
+from sae_ception.sae import build_sae, train_sae
+from sae_ception.stages.activations import activations_for_cycle
+from sae_ception.stages.artifacts import sae_for_cycle
+from sae_ception.utils.batching import num_batches
+from sae_ception.utils.io import checkpoint_exists
+from sae_ception.utils.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def run_sae(ctx: RunContext, cycle: int) -> Path:
+    cfg, target = ctx.cfg, ctx.layout.sae(cycle)
+    if cfg.inputs.sae and cycle == cfg.cycle.current:
+        sae_for_cycle(ctx, cycle)  # validates and imports the given SAE
+        return target
+    if checkpoint_exists(target):
+        log.info("cycle %d: found %s, skipping SAE training (resume)", cycle, target)
+        return target
+    acts = activations_for_cycle(ctx, cycle)["train"].acts_ND
+    seed = ctx.seed_for(cycle, "sae")
+    seed_everything(seed)
+    sae = build_sae(cfg.sae, d_in=acts.shape[1])
+    steps_per_run = cfg.sae.epochs * num_batches(len(acts), cfg.sae.batch_size)  # one x-axis across cycles
+    log.info("cycle %d: training a %s SAE %d -> %d on %d activations", cycle, cfg.sae.type, sae.d_in, sae.d_sae, len(acts))
+    stats = train_sae(sae, acts, cfg.sae, accelerator=ctx.accelerator, seed=seed,
+                      log_fn=ctx.log_fn("sae", step_offset=cycle * steps_per_run), show_progress=cfg.progress)
+    if ctx.accelerator.is_main_process:
+        sae.save(target, extra={"cycle": cycle, "training": stats})
+    ctx.accelerator.wait_for_everyone()
+    log.info("cycle %d: saved %s", cycle, target)
+    return target

@@ -1,0 +1,1 @@
+"""Training loops: the classifier (baseline and auxiliary retraining) and the auxiliary objective."""

@@ -1,0 +1,136 @@
+"""One loop trains the classifier for the baseline (task loss) and for auxiliary retraining (task + lambda * aux)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from sae_ception.data import Split
+from sae_ception.errors import ConfigError
+from sae_ception.models import Classifier, capture_output
+from sae_ception.training.auxiliary_loss import cosine_alignment_loss
+from sae_ception.utils.batching import num_batches, shuffled_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassifierSchedule:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    keep_best: bool = True
+
+
+@dataclass
+class AuxiliaryTargets:
+    """Sharpened target activation for every training example (row i belongs to train example i)."""
+
+    targets_ND: torch.Tensor
+    weight: float
+
+
+def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """`["all"]` trains everything; otherwise parameters whose names start with one of the prefixes."""
+    named = dict(model.named_parameters())
+    if list(prefixes) == ["all"]:
+        chosen = set(named)
+    else:
+        chosen = {name for name in named if any(name.startswith(p) for p in prefixes)}
+        unmatched = [p for p in prefixes if not any(name.startswith(p) for name in named)]
+        if unmatched:
+            groups = sorted({name.rsplit(".", 1)[0] for name in named})
+            raise ConfigError(f"cycle.trainable={list(prefixes)}: {unmatched} match no parameter; valid prefixes: all, {', '.join(groups)}")
+    for name, param in named.items():
+        param.requires_grad_(name in chosen)
+    return [named[name] for name in named if name in chosen]
+
+
+@torch.no_grad()
+def evaluate_classifier(model: Classifier, split: Split, accelerator: Accelerator, batch_size: int) -> dict[str, float]:
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size)):
+        logits = model(x.to(accelerator.device)).float()
+        y = y.to(accelerator.device)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+    n = max(len(split.y), 1)
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def train_classifier(
+    model: Classifier,
+    train: Split,
+    val: Split,
+    schedule: ClassifierSchedule,
+    *,
+    accelerator: Accelerator,
+    generator: torch.Generator,
+    stage: str,
+    aux: Optional[AuxiliaryTargets] = None,
+    trainable: tuple[str, ...] = ("all",),
+    log_fn: Optional[Callable[[dict, int], None]] = None,
+    show_progress: bool = True,
+    eval_batch_size: int = 1024,
+) -> tuple[Classifier, dict]:
+    """Adam over the chosen parameters; returns the best-by-validation (or last) model and a history."""
+    params = select_trainable(model, list(trainable))
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    device = accelerator.device
+    targets_ND = aux.targets_ND.to(device) if aux is not None else None
+    n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size, accelerator.num_processes)
+
+    best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
+    history: list[dict] = []
+    bar = tqdm(range(schedule.epochs), desc=stage, disable=not show_progress, leave=False)
+    step = 0
+    for epoch in bar:
+        model.train()
+        for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes):
+            x, y = train.x[idx].to(device), train.y[idx].to(device)
+            with capture_output(raw_model.target_module()) as captured, accelerator.autocast():
+                logits = model(x)
+                task_loss = F.cross_entropy(logits.float(), y)
+                losses = {"task_loss": task_loss}
+                if aux is not None:
+                    losses["aux_loss"] = cosine_alignment_loss(captured["acts"], targets_ND[idx.to(device)])
+                    loss = task_loss + aux.weight * losses["aux_loss"]
+                else:
+                    loss = task_loss
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            step += 1
+            if log_fn is not None and (step % 10 == 0 or step == steps_per_epoch * schedule.epochs):
+                log_fn({k: v.item() for k, v in losses.items()} | {"loss": loss.item(), "epoch": epoch}, step)
+        val_metrics = evaluate_classifier(raw_model, val, accelerator, eval_batch_size)
+        history.append({"epoch": epoch, **{f"val_{k}": v for k, v in val_metrics.items()}})
+        bar.set_postfix(val_acc=f"{val_metrics['accuracy']:.4f}")
+        if log_fn is not None:
+            log_fn({f"val_{k}": v for k, v in val_metrics.items()} | {"epoch": epoch}, step)
+        if val_metrics["accuracy"] > best["val_accuracy"]:
+            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "state": None}
+            if schedule.keep_best:
+                best["state"] = copy.deepcopy(raw_model.state_dict())
+    bar.close()
+
+    model = accelerator.unwrap_model(model)
+    if schedule.keep_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    for param in model.parameters():
+        param.requires_grad_(True)
+    kept_epoch = best["epoch"] if schedule.keep_best else schedule.epochs - 1
+    log.info("%s: kept epoch %d of %d (val accuracy %.4f)", stage, kept_epoch + 1, schedule.epochs,
+             best["val_accuracy"] if schedule.keep_best else (history[-1]["val_accuracy"] if history else float("nan")))
+    return model, {"history": history, "kept_epoch": kept_epoch, "steps": step}

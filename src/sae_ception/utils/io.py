@@ -1,0 +1,128 @@
+"""Atomic file and checkpoint I/O: a kill mid-write never leaves a file that a resumed run would trust."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_ception.errors import ArtifactError
+
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "config.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` (folders appear complete or not at all)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_path
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp_path, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist")
+    return json.loads(path.read_text())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist")
+    return load_file(str(path))
+
+
+def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """A checkpoint is a folder: `weights.safetensors` plus `config.json` saying what built it (no pickles)."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file() or not (directory / META_FILE).is_file():
+        raise ArtifactError(
+            f"{directory} is not a checkpoint folder (it needs {WEIGHTS_FILE} and {META_FILE})"
+        )
+    return load_file(str(directory / WEIGHTS_FILE)), json.loads((directory / META_FILE).read_text())
+
+
+def checkpoint_exists(directory: str | os.PathLike) -> bool:
+    directory = Path(directory)
+    return (directory / WEIGHTS_FILE).is_file() and (directory / META_FILE).is_file()
+
+
+def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, setting: str) -> None:
+    """Load weights, turning a shape or key mismatch into one line that names the offending tensor."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{setting}: checkpoint {source} does not fit the configured model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, tensor in own.items():
+        if tuple(tensor.shape) != tuple(state_dict[name].shape):
+            raise ArtifactError(
+                f"{setting}: checkpoint {source} does not fit the configured model: "
+                f"{name} has shape {tuple(state_dict[name].shape)} in the checkpoint but "
+                f"{tuple(tensor.shape)} in the model"
+            )
+    module.load_state_dict(state_dict)

@@ -1,0 +1,27 @@
+"""Run pipeline tasks in-process on the real composed config (faster than a subprocess per run)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from sae_ception.cli import run_task
+from tests.conftest import compose_cfg
+
+
+def run_in_process(task, run_dir: Path, overrides: list[str] = (), preflight=None):
+    return run_task(compose_cfg(run_dir, list(overrides)), task, preflight)
+
+
+def final_metrics(run_dir: Path) -> dict:
+    return {p.name: json.loads(p.read_text())["metrics"] for p in sorted((run_dir / "results").glob("cycle_*.json"))}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Hash of every file except logs (which a rerun appends to)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".log"
+    }

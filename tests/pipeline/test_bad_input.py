@@ -1,0 +1,95 @@
+"""Each bad input stops before training with one line naming the setting, leaving existing files as they were."""
+
+import pytest
+
+from sae_ception.stages.cycle import run_cycles
+from sae_ception.stages.sae import run_sae
+from sae_ception.entrypoints import ENTRYPOINTS
+from tests.conftest import run_script
+from tests.pipeline.helpers import run_in_process, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("existing")
+    run_in_process(run_cycles, run_dir, ["cycle.max_cycles=0"])
+    return run_dir
+
+
+def expect_one_line_error(caplog, run_dir, overrides, match, task=run_cycles, preflight=None):
+    before = snapshot(run_dir) if run_dir.exists() else {}
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task, run_dir, overrides, preflight)
+    assert exit_info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert match in errors[0], errors[0]
+    assert (snapshot(run_dir) if run_dir.exists() else {}) == before, "a rejected run must not change files"
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["model.hidden_sizes=[0,16]"], "model.hidden_sizes"),
+        (["model.hidden_sizes=[32,-3]"], "model.hidden_sizes"),
+        (["sae.d_sae=0"], "sae.d_sae=0"),
+        (["sae.d_sae=-8"], "sae.d_sae=-8"),
+        (["sae.expansion_factor=0"], "sae.expansion_factor"),
+        (["sae=topk", "sae.k=1000"], "sae.k=1000"),
+        (["sae=topk", "sae.d_sae=32", "sae.k=33"], "sae.k=33"),
+        (["sharpening.top_k_pct=0"], "sharpening.top_k_pct=0"),
+        (["sharpening.top_k_pct=100.5"], "sharpening.top_k_pct=100.5"),
+        (["sharpening.top_k_pct=-10"], "sharpening.top_k_pct=-10"),
+        (["sae.l1_coefficient=lots"], "sae.l1_coefficient"),
+        (["sharpening.type=sharpest"], "sharpening.type='sharpest'"),
+        (["device=gpu"], "device='gpu'"),
+        (["dataset=mnist", "dataset.path=/no/such/folder"], "dataset.path"),
+    ],
+)
+def test_bad_values_on_an_existing_run(caplog, existing_run, overrides, match):
+    expect_one_line_error(caplog, existing_run, overrides, match)
+
+
+def test_dataset_folder_without_idx_files(caplog, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no data here")
+    expect_one_line_error(caplog, tmp_path / "run", ["dataset=mnist", f"dataset.path={tmp_path / 'empty'}"], "dataset.path")
+
+
+def test_cycle_without_a_model(caplog, existing_run):
+    message = expect_one_line_error(
+        caplog, existing_run, ["cycle.current=3"], "cycle.current=3",
+        task=lambda ctx: run_sae(ctx, 3), preflight=ENTRYPOINTS["train_sae"].preflight,
+    )
+    assert "cycles with a model: [0]" in message
+
+
+def test_checkpoint_that_does_not_fit(caplog, existing_run, tmp_path):
+    checkpoint = existing_run / "checkpoints" / "model_cycle_0"
+    message = expect_one_line_error(
+        caplog, tmp_path / "new_run", [f"inputs.model={checkpoint}", "model.hidden_sizes=[64,64]"], "inputs.model",
+        preflight=ENTRYPOINTS["train_cycle"].preflight,
+    )
+    assert "does not fit the configured model" in message
+
+
+def test_missing_checkpoint_path(caplog, tmp_path):
+    expect_one_line_error(
+        caplog, tmp_path / "run", [f"inputs.model={tmp_path / 'nope'}"], "inputs.model",
+        preflight=ENTRYPOINTS["train_cycle"].preflight,
+    )
+
+
+def test_real_cli_prints_one_line_and_exits_2(existing_run):
+    before = snapshot(existing_run)
+    proc = run_script("train_sae.py", f"run_dir={existing_run}", "cycle.current=4", "wandb.mode=disabled", "progress=false")
+    assert proc.returncode == 2
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line]
+    assert len(errors) == 1 and "cycle.current=4" in errors[0], lines
+    assert "Traceback" not in proc.stderr
+    assert snapshot(existing_run) == before

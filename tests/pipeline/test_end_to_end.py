@@ -1,0 +1,60 @@
+"""End-to-end: a 2-cycle run on digits with tiny settings writes every artifact with sane numbers."""
+
+import json
+
+import pytest
+import yaml
+
+from sae_ception.stages.cycle import run_cycles
+from tests.pipeline.helpers import final_metrics, run_in_process
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    results = run_in_process(run_cycles, run_dir, ["cycle.max_cycles=2"])
+    return run_dir, results
+
+
+def test_every_artifact_is_written(finished_run):
+    run_dir, results = finished_run
+    assert [r["cycle"] for r in results] == [0, 1, 2]
+    for cycle in range(3):
+        for name in ("weights.safetensors", "config.json"):
+            assert (run_dir / "checkpoints" / f"model_cycle_{cycle}" / name).is_file()
+            assert (run_dir / "checkpoints" / f"sae_cycle_{cycle}" / name).is_file()
+        assert (run_dir / "activations" / f"cycle_{cycle}.safetensors").is_file()
+        assert (run_dir / "results" / f"cycle_{cycle}.json").is_file()
+    assert not (run_dir / "checkpoints" / "model_cycle_3").exists()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["cycle"]["max_cycles"] == 2 and saved["sae"]["type"] == "relu" and saved["seed"] == 0
+    assert not list(run_dir.rglob("*.tmp")), "no temporary files may be left behind"
+
+
+def test_metrics_are_in_range(finished_run):
+    run_dir, _ = finished_run
+    for name, metrics in final_metrics(run_dir).items():
+        perf, sae = metrics["performance"], metrics["sae"]
+        assert 0.3 < perf["accuracy"] <= 1.0, name  # far above chance (0.1) even with 2 epochs
+        assert 0.0 <= perf["spliced_accuracy"] <= 1.0
+        assert sae["mse"] >= 0 and sae["l0"] >= 0 and 0 <= sae["dead_fraction"] <= 1
+        assert sae["explained_variance"] <= 1.0
+
+
+def test_checkpoint_records_what_built_it(finished_run):
+    run_dir, _ = finished_run
+    meta = json.loads((run_dir / "checkpoints" / "sae_cycle_1" / "config.json").read_text())
+    assert meta["type"] == "relu" and meta["d_in"] == 16 and meta["d_sae"] == 64
+    model_meta = json.loads((run_dir / "checkpoints" / "model_cycle_1" / "config.json").read_text())
+    assert model_meta["name"] == "mlp" and model_meta["config"]["hidden_sizes"] == [32, 16]
+    assert model_meta["extra"]["stage"] == "auxiliary"
+
+
+@pytest.mark.parametrize("overrides", [["sae=topk", "sae.k=4"], ["sharpening=per_example"], ["sharpening=random"]])
+def test_variants_run_a_cycle(tmp_path, overrides):
+    results = run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=1", *overrides])
+    assert len(results) == 2
+    if "sae=topk" in overrides:
+        assert all(r["metrics"]["sae"]["l0"] <= 4 + 1e-6 for r in results)
