@@ -5,7 +5,7 @@ import pytest
 from sae_ception.stages.cycle import run_cycles
 from sae_ception.stages.sae import run_sae
 from sae_ception.entrypoints import ENTRYPOINTS
-from tests.conftest import run_script
+from tests.conftest import TINY, run_script
 from tests.pipeline.helpers import run_in_process, snapshot
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_missing_checkpoint_path(caplog, tmp_path):
 
 def test_real_cli_prints_one_line_and_exits_2(existing_run):
     before = snapshot(existing_run)
-    proc = run_script("train_sae.py", f"run_dir={existing_run}", "cycle.current=4", "wandb.mode=disabled", "progress=false")
+    proc = run_script("train_sae.py", *TINY, f"run_dir={existing_run}", "cycle.current=4")
     assert proc.returncode == 2
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     errors = [line for line in lines if "ERROR" in line]

@@ -46,7 +46,7 @@ def test_resume_refuses_other_settings(tmp_path, caplog):
     with pytest.raises(SystemExit) as exit_info:
         run_in_process(run_cycles, tmp_path, ["sae.l1_coefficient=0.5"])
     assert exit_info.value.code == 2
-    assert "sae.l1_coefficient: 0.003 -> 0.5" in caplog.text
+    assert "sae.l1_coefficient: 0.01 -> 0.5" in caplog.text
     assert snapshot(tmp_path) == before
 
 

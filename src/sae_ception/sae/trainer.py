@@ -1,0 +1,102 @@
+"""Train an SAE on cached activations: Adam with warmups and clipping, unit-norm decoder, dead-latent tracking.
+
+Everything per step stays on the device; the host only syncs when a log line is due.
+"""
+
+from typing import Callable, Optional
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState
+from sae_ception.utils.batching import num_batches, shuffled_batches
+
+
+class FiringTracker:
+    """Training examples since each latent last fired; a latent silent for `dead_after` examples is dead."""
+
+    def __init__(self, d_sae: int, dead_after: int, device: torch.device):
+        self.since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.dead_after = dead_after
+
+    def update(self, codes_BF: Tensor) -> None:
+        fired_F = (codes_BF.detach() != 0).any(0)
+        self.since_fired_F = torch.where(fired_F, 0, self.since_fired_F + codes_BF.shape[0])
+
+    @property
+    def dead_F(self) -> Tensor:
+        return self.since_fired_F >= self.dead_after
+
+
+def batch_metrics(out: SAEOutput, x_BD: Tensor) -> dict[str, Tensor]:
+    """Loss terms plus L0 and explained variance (raw space) of one batch, as device tensors."""
+    x_BD = x_BD.float()
+    err = (out.recon.float() - x_BD).pow(2).sum()
+    spread = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return {**{k: v.detach().float() for k, v in out.losses.items()},
+            "l0": (out.codes_BF.detach() != 0).float().sum(-1).mean(),
+            "explained_variance": 1 - err.detach() / spread}
+
+
+def set_lr(optimizer, cfg: SAEConfig, step: int) -> float:
+    """Linear warmup to cfg.lr over `lr_warmup_steps` (step 0 already gets lr / warmup)."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps > 0 else cfg.lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def optimise(loss: Tensor, sae: SparseAutoencoder, model, optimizer, accelerator: Accelerator, cfg: SAEConfig) -> None:
+    """One step that keeps decoder rows on the unit sphere: project the gradient, clip, step, renormalise."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    sae.remove_parallel_decoder_grad_()
+    if cfg.grad_clip is not None and cfg.grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    sae.normalize_decoder_()
+
+
+def train_sae(
+    sae: SparseAutoencoder,
+    acts_ND: Tensor,
+    cfg: SAEConfig,
+    *,
+    accelerator: Accelerator,
+    seed: int,
+    log_fn: Optional[Callable[[dict, int], None]] = None,
+    show_progress: bool = True,
+) -> dict:
+    """Train `sae` in place; returns last-epoch means of the loss terms, L0 and EV, plus dead fraction and steps."""
+    sae.set_normalization(acts_ND)
+    model, optimizer = accelerator.prepare(sae, torch.optim.Adam(sae.parameters(), lr=cfg.lr))
+    sae = accelerator.unwrap_model(model)
+    device, generator = accelerator.device, torch.Generator().manual_seed(seed)
+    tracker = FiringTracker(sae.d_sae, cfg.dead_after_examples, device)
+    n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
+    total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
+    bar = tqdm(total=total_steps, desc="sae", disable=not show_progress, leave=False)
+    step, epoch_sums, epoch_batches = 0, {}, 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        epoch_sums, epoch_batches = {}, 0
+        for idx in shuffled_batches(n, cfg.batch_size, generator, rank, world):
+            x_BD = acts_ND[idx.to(acts_ND.device)].to(device, non_blocking=True)
+            lr = set_lr(optimizer, cfg, step)
+            out = model(x_BD, TrainingState(step=step, dead_F=tracker.dead_F))
+            optimise(out.losses["total"], sae, model, optimizer, accelerator, cfg)
+            tracker.update(out.codes_BF)
+            metrics = batch_metrics(out, x_BD)
+            epoch_sums = {k: epoch_sums.get(k, 0) + v for k, v in metrics.items()}
+            epoch_batches, step = epoch_batches + 1, step + 1
+            bar.update()
+            if log_fn is not None and (step % cfg.log_every == 0 or step == total_steps):
+                logged = {k: v.item() for k, v in metrics.items()}  # the only host sync in the loop
+                logged.update(dead_fraction=tracker.dead_F.float().mean().item(), lr=lr, epoch=epoch)
+                log_fn(logged, step)
+                bar.set_postfix(mse=f"{logged['mse']:.4g}", l0=f"{logged['l0']:.1f}")
+    bar.close()
+    stats = {k: (v / epoch_batches).item() for k, v in epoch_sums.items()}
+    return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "steps": step, "epochs": cfg.epochs}
