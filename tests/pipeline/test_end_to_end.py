@@ -58,3 +58,30 @@ def test_variants_run_a_cycle(tmp_path, overrides):
     assert len(results) == 2
     if "sae=topk" in overrides:
         assert all(r["metrics"]["sae"]["l0"] <= 4 + 1e-6 for r in results)
+
+
+def test_mixed_precision_on_cpu_is_refused_in_one_line(tmp_path):
+    from sae_ception.errors import ConfigError
+    from sae_ception.utils.device import make_accelerator
+
+    with pytest.raises(ConfigError, match="mixed_precision=bf16 needs a CUDA device"):
+        make_accelerator("cpu", "bf16")
+
+
+def test_start_from_a_checkpoint_given_by_path(finished_run, tmp_path):
+    from sae_ception.utils.io import load_checkpoint
+
+    source = finished_run[0] / "checkpoints" / "model_cycle_1"
+    results = run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=0", f"inputs.model={source}"])
+    imported, _ = load_checkpoint(tmp_path / "checkpoints" / "model_cycle_0")
+    original, _ = load_checkpoint(source)
+    assert all((imported[k] == original[k]).all() for k in original)
+    ours, theirs = results[0]["metrics"]["performance"], final_metrics(finished_run[0])["cycle_1.json"]["performance"]
+    assert (ours["accuracy"], ours["loss"]) == (theirs["accuracy"], theirs["loss"])  # same model, same test split
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=0", "wandb.mode=offline"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
