@@ -75,8 +75,5 @@ def load_splits(cfg: DatasetConfig, seed: int) -> DataSplits:
     top = max(int(s.y.max()) for s in (splits.train, splits.val, splits.test) if len(s))
     if top >= cfg.num_classes:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} but {cfg.name}'s labels go up to {top}; set it to >= {top + 1}")
-    log.info(
-        "dataset %s: train/val/test = %d/%d/%d examples of shape %s; %s",
-        cfg.name, len(splits.train), len(splits.val), len(splits.test), splits.input_shape, splits.source,
-    )
+    log.info("dataset %s (examples of shape %s): %s", cfg.name, splits.input_shape, splits.source)
     return splits

@@ -91,6 +91,7 @@ def train_classifier(
     targets_ND = aux.targets_ND.to(device) if aux is not None else None
     n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size, accelerator.num_processes)
 
+    keep_best = schedule.keep_best and len(val.y) > 0  # with no validation data, keep the last epoch
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     history: list[dict] = []
     bar = tqdm(range(schedule.epochs), desc=stage, disable=not show_progress, leave=False)
@@ -119,18 +120,16 @@ def train_classifier(
         bar.set_postfix(val_acc=f"{val_metrics['accuracy']:.4f}")
         if log_fn is not None:
             log_fn({f"val_{k}": v for k, v in val_metrics.items()} | {"epoch": epoch}, step)
-        if val_metrics["accuracy"] > best["val_accuracy"]:
-            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "state": None}
-            if schedule.keep_best:
-                best["state"] = copy.deepcopy(raw_model.state_dict())
+        if keep_best and val_metrics["accuracy"] > best["val_accuracy"]:
+            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "state": copy.deepcopy(raw_model.state_dict())}
     bar.close()
 
     model = accelerator.unwrap_model(model)
-    if schedule.keep_best and best["state"] is not None:
+    if best["state"] is not None:
         model.load_state_dict(best["state"])
     for param in model.parameters():
         param.requires_grad_(True)
-    kept_epoch = best["epoch"] if schedule.keep_best else schedule.epochs - 1
-    log.info("%s: kept epoch %d of %d (val accuracy %.4f)", stage, kept_epoch + 1, schedule.epochs,
-             best["val_accuracy"] if schedule.keep_best else (history[-1]["val_accuracy"] if history else float("nan")))
+    kept_epoch = best["epoch"] if best["state"] is not None else schedule.epochs - 1
+    log.info("%s: kept epoch %d of %d%s", stage, kept_epoch + 1, schedule.epochs,
+             " (best validation accuracy)" if best["state"] is not None else "")
     return model, {"history": history, "kept_epoch": kept_epoch, "steps": step}
