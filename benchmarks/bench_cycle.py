@@ -1,7 +1,7 @@
 """Wall-clock time of whole SAE-ception runs, as a user launches them.
 
     python benchmarks/bench_cycle.py                      # default digits run + the MNIST paper preset
-    python benchmarks/bench_cycle.py --only digits
+    python benchmarks/bench_cycle.py --only digits --repeats 5
 
 Each run is the real command (`python scripts/train_cycle.py ...`) in a fresh interpreter, so the time
 includes start-up, data loading, every stage and the wandb offline writer. Goals on a 2-core CPU:
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,8 +29,8 @@ RUNS = {
 }
 
 
-def time_run(name: str, overrides: list[str], out: Path) -> dict:
-    run_dir = out / name
+def time_run(name: str, overrides: list[str], out: Path, repeat: int) -> dict:
+    run_dir = out / f"{name}_{repeat}"
     command = [sys.executable, str(ROOT / "scripts" / "train_cycle.py"), *overrides, f"run_dir={run_dir}", "progress=false"]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -51,19 +52,23 @@ def time_run(name: str, overrides: list[str], out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(RUNS), action="append")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the median time is reported")
     args = parser.parse_args()
     names = args.only or list(RUNS)
     if "mnist_paper" in names and not SHARED_MNIST.is_dir():
         print(f"skipping mnist_paper: {SHARED_MNIST} is absent")
         names.remove("mnist_paper")
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [time_run(name, RUNS[name][0], Path(tmp)) for name in names]
-    print(f"{'run':<12} {'seconds':>8} {'goal':>6} {'cycles':>6} {'acc c0':>7} {'acc last':>8}  command")
+        for name in names:
+            runs = [time_run(name, RUNS[name][0], Path(tmp), repeat) for repeat in range(args.repeats)]
+            seconds = sorted(run["seconds"] for run in runs)
+            rows.append({**runs[0], "median": statistics.median(seconds), "min": seconds[0], "max": seconds[-1]})
+    print(f"{'run':<12} {'median s':>8} {'min s':>6} {'max s':>6} {'goal s':>6} {'cycles':>6} {'acc c0':>7} {'acc last':>8}  command")
     for row in rows:
-        goal = RUNS[row["run"]][1]
-        print(f"{row['run']:<12} {row['seconds']:>8.1f} {goal:>6.0f} {row['cycles']:>6} "
-              f"{row['acc_first']:>7.4f} {row['acc_last']:>8.4f}  {row['command']}")
+        print(f"{row['run']:<12} {row['median']:>8.1f} {row['min']:>6.1f} {row['max']:>6.1f} {RUNS[row['run']][1]:>6.0f} "
+              f"{row['cycles']:>6} {row['acc_first']:>7.4f} {row['acc_last']:>8.4f}  {row['command']}")
 
 
 if __name__ == "__main__":
