@@ -22,6 +22,15 @@ from sae_ception.utils.tracking import Tracker
 log = logging.getLogger("sae_ception")
 
 
+def shared_output_dir(output_dir: str, accelerator) -> str:
+    """Under `accelerate launch` each process resolves `${now:...}` itself; all must use the main one's folder."""
+    if accelerator.num_processes == 1:
+        return output_dir
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([output_dir], from_process=0)[0]
+
+
 def run_entrypoint(name: str, hydra_cfg: DictConfig) -> Any:
     """Body of `scripts/<name>.py`."""
     from sae_ception.entrypoints import ENTRYPOINTS
@@ -36,12 +45,14 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
     try:
         cfg = parse_config(hydra_cfg)
         accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
+        cfg.paths.output_dir = shared_output_dir(cfg.paths.output_dir, accelerator)
         ctx = RunContext(cfg, accelerator)
         check_resumable(ctx.layout, cfg)
         ctx.splits  # data problems surface here, before anything is written
         if preflight is not None:
             preflight(ctx)
         if accelerator.is_main_process:
+            ctx.remove_stale_temporaries()
             ctx.save_config()
         log.info("run folder: %s (device %s)", ctx.layout.root, accelerator.device)
         ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from sae_ception.run import RunContext
-from sae_ception.stages.artifacts import require_model, require_sae
+from sae_ception.errors import ConfigError
+from sae_ception.stages.artifacts import new_model, require_model, require_sae
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.cycle import run_cycles
 from sae_ception.stages.sae import run_sae
+from sae_ception.training.classifier import trainable_names
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,20 @@ def _current(ctx: RunContext) -> int:
     return ctx.cfg.cycle.current
 
 
+def _check_trainable(ctx: RunContext) -> None:
+    """A typo in cycle.trainable must stop the run now, not after the baseline and the first SAE."""
+    trainable_names(new_model(ctx), list(ctx.cfg.cycle.trainable))
+
+
 def _cycle_preflight(ctx: RunContext) -> None:
-    if _current(ctx) > 0 or ctx.cfg.inputs.model:
-        require_model(ctx, _current(ctx))
+    cycle = ctx.cfg.cycle
+    if cycle.current > cycle.max_cycles:
+        raise ConfigError(f"cycle.current={cycle.current} is past cycle.max_cycles={cycle.max_cycles}; train_cycle runs cycles current..max_cycles")
+    if cycle.current > 0 or ctx.cfg.inputs.model:
+        require_model(ctx, cycle.current)
     if ctx.cfg.inputs.sae:
-        require_sae(ctx, _current(ctx))
+        require_sae(ctx, cycle.current)
+    _check_trainable(ctx)
 
 
 def _baseline_preflight(ctx: RunContext) -> None:
@@ -38,6 +49,7 @@ def _baseline_preflight(ctx: RunContext) -> None:
 def _auxiliary_preflight(ctx: RunContext) -> None:
     require_model(ctx, _current(ctx))
     require_sae(ctx, _current(ctx))
+    _check_trainable(ctx)
 
 
 ENTRYPOINTS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -119,4 +120,16 @@ class RunContext:
         return log
 
     def save_config(self) -> None:
-        write_text(self.layout.config, yaml.safe_dump(asdict(self.cfg), sort_keys=False))
+        """Write the resolved config; an unchanged one is left as it is (no needless rewrite)."""
+        text = yaml.safe_dump(asdict(self.cfg), sort_keys=False)
+        if not self.layout.config.is_file() or self.layout.config.read_text() != text:
+            write_text(self.layout.config, text)
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete what a killed writer left behind (`.name.*.tmp`, `.name.old`); finished artifacts never match."""
+        folders = [self.layout.root] + [self.layout.root / sub for sub in ("checkpoints", "activations", "results")]
+        for path in (p for folder in folders for pattern in (".*.tmp", ".*.old") for p in folder.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

@@ -93,3 +93,55 @@ def test_real_cli_prints_one_line_and_exits_2(existing_run):
     assert len(errors) == 1 and "cycle.current=4" in errors[0], lines
     assert "Traceback" not in proc.stderr
     assert snapshot(existing_run) == before
+
+
+def test_trainable_typo_stops_before_the_baseline(caplog, tmp_path):
+    expect_one_line_error(
+        caplog, tmp_path / "run", ["cycle.trainable=[blocks.9]"], "cycle.trainable",
+        preflight=ENTRYPOINTS["train_cycle"].preflight,
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_start_cycle_past_the_last(caplog, existing_run):
+    expect_one_line_error(
+        caplog, existing_run, ["cycle.current=3", "cycle.max_cycles=2"], "cycle.current=3",
+        preflight=ENTRYPOINTS["train_cycle"].preflight,
+    )
+
+
+def test_no_test_split_left(caplog, tmp_path):
+    expect_one_line_error(caplog, tmp_path / "run", ["dataset.test_fraction=0"], "dataset.test_fraction=0")
+
+
+def test_explicit_model_that_differs_from_the_runs_own(caplog, existing_run, tmp_path):
+    from sae_ception.utils.io import load_checkpoint, save_checkpoint
+
+    state, meta = load_checkpoint(existing_run / "checkpoints" / "model_cycle_0")
+    state = {k: v + 1.0 for k, v in state.items()}
+    save_checkpoint(tmp_path / "other_model", state, meta)
+    expect_one_line_error(
+        caplog, existing_run, [f"inputs.model={tmp_path / 'other_model'}"], "differs from",
+        preflight=ENTRYPOINTS["train_cycle"].preflight,
+    )
+
+
+def test_sae_for_another_layer_width(caplog, existing_run, tmp_path):
+    from sae_ception.sae import SAE_TYPES, build_sae
+
+    build_sae(SAE_TYPES.get("relu").config_class(d_sae=32), d_in=8).save(tmp_path / "sae8")
+    message = expect_one_line_error(
+        caplog, tmp_path / "run", [f"inputs.model={existing_run / 'checkpoints' / 'model_cycle_0'}",
+                                   f"inputs.sae={tmp_path / 'sae8'}"], "inputs.sae",
+        task=ENTRYPOINTS["train_auxiliary"].task, preflight=ENTRYPOINTS["train_auxiliary"].preflight,
+    )
+    assert "reads 8-dim activations but the model's target layer has 16" in message
+
+
+def test_sae_of_another_type(caplog, existing_run, tmp_path):
+    message = expect_one_line_error(
+        caplog, tmp_path / "run", [f"inputs.model={existing_run / 'checkpoints' / 'model_cycle_0'}",
+                                   f"inputs.sae={existing_run / 'checkpoints' / 'sae_cycle_0'}", "sae=topk", "sae.k=4"],
+        "inputs.sae", task=ENTRYPOINTS["train_auxiliary"].task, preflight=ENTRYPOINTS["train_auxiliary"].preflight,
+    )
+    assert "is a 'relu' SAE but sae.type='topk'" in message

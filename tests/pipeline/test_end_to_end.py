@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 import pytest
 import yaml
 
@@ -85,3 +87,29 @@ def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=0", "wandb.mode=offline"])
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_stage_scripts_with_explicit_model_and_sae(finished_run, tmp_path):
+    """train_auxiliary on a fresh folder from inputs.model + inputs.sae gives the run's own next model."""
+    from sae_ception.entrypoints import ENTRYPOINTS
+    from sae_ception.utils.io import load_checkpoint
+
+    source = finished_run[0] / "checkpoints"
+    entry = ENTRYPOINTS["train_auxiliary"]
+    run_in_process(entry.task, tmp_path, ["cycle.max_cycles=2", "cycle.current=1",
+                                          f"inputs.model={source / 'model_cycle_1'}", f"inputs.sae={source / 'sae_cycle_1'}"],
+                   entry.preflight)
+    ours, _ = load_checkpoint(tmp_path / "checkpoints" / "model_cycle_2")
+    theirs, _ = load_checkpoint(source / "model_cycle_2")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "same inputs and seed must give the same model"
+
+
+def test_resume_clears_what_a_killed_writer_left(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run[0], run_dir)
+    (run_dir / "checkpoints" / ".model_cycle_3.abc123.tmp").mkdir()
+    (run_dir / "results" / ".cycle_3.json.xyz.tmp").write_text("{half")
+    run_in_process(run_cycles, run_dir, ["cycle.max_cycles=2"])
+    assert not list(run_dir.rglob(".*.tmp"))

@@ -54,5 +54,11 @@ def test_aux_loss_pulls_activations_towards_targets():
 
 def test_unknown_prefix_names_the_valid_ones():
     model, _ = tiny_problem()
-    with pytest.raises(ConfigError, match=r"cycle.trainable=\['blocks.9'\].*valid prefixes: all, blocks.0.0, blocks.1.0, head"):
+    with pytest.raises(ConfigError, match=r"cycle.trainable=\['blocks.9'\].*valid: all, blocks.0.0, blocks.1.0, head"):
         select_trainable(model, ["blocks.9"])
+
+
+def test_a_prefix_names_whole_modules_only():
+    model = build_model(MLPConfig(hidden_sizes=[4] * 11), input_dim=3, num_classes=2)
+    select_trainable(model, ["blocks.1"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"blocks.1.0.weight", "blocks.1.0.bias"}

@@ -34,6 +34,11 @@ def build_splits(
     n = len(y)
     rest = np.arange(n)
     if test is None:
+        if round(cfg.test_fraction * n) == 0:
+            raise ConfigError(
+                f"dataset.test_fraction={cfg.test_fraction} leaves no test examples out of {n} (this source has no "
+                "separate test split); use a value in (0, 1)"
+            )
         rest, test_idx = carve(rest, y, round(cfg.test_fraction * n), rng)
         rest, val_idx = carve(rest, y, round(cfg.val_fraction * n), rng)
         how = f"train/val/test = {len(rest)}/{len(val_idx)}/{len(test_idx)} carved from its {n} examples"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -27,23 +28,23 @@ def _same_weights(a: Path, b: Path) -> bool:
     return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
-def _needs_import(source: Path, target: Path, setting: str) -> bool:
-    """True when `source` must be copied in; False when this run already holds the same weights."""
+def _explicit(ctx: RunContext, value: Optional[str], cycle: int) -> Optional[Path]:
+    """An `inputs.*` path applies to the cycle the script works on (`cycle.current`) only."""
+    return Path(value) if value and cycle == ctx.cfg.cycle.current else None
+
+
+def _check_source(source: Path, target: Path, setting: str) -> None:
     if not source.exists():
         raise ArtifactError(f"{setting}={source} does not exist; give a checkpoint folder (weights.safetensors + config.json)")
-    if checkpoint_exists(target):
-        if not _same_weights(source, target):
-            raise ArtifactError(f"{setting}={source} differs from {target} already in this run; drop {setting} or use a new run_dir")
-        return False
-    return True
+    if checkpoint_exists(target) and not _same_weights(source, target):
+        raise ArtifactError(f"{setting}={source} differs from {target} already in this run; drop {setting} or use a new run_dir")
 
 
 def require_model(ctx: RunContext, cycle: int) -> None:
-    """Fail before any work if model N is neither in the run folder nor given (and loadable) as inputs.model."""
-    explicit = ctx.cfg.inputs.model if cycle == ctx.cfg.cycle.current else None
+    """Fail before any work unless model N is in the run folder or given as a fitting `inputs.model`."""
+    explicit = _explicit(ctx, ctx.cfg.inputs.model, cycle)
     if explicit:
-        if not Path(explicit).exists():
-            raise ArtifactError(f"inputs.model={explicit} does not exist; give a checkpoint folder (weights.safetensors + config.json)")
+        _check_source(explicit, ctx.layout.model(cycle), "inputs.model")
         load_model(explicit, new_model(ctx), setting="inputs.model")
     elif not checkpoint_exists(ctx.layout.model(cycle)):
         have = ctx.layout.model_cycles()
@@ -54,34 +55,44 @@ def require_model(ctx: RunContext, cycle: int) -> None:
 
 
 def require_sae(ctx: RunContext, cycle: int) -> None:
-    """Fail before any work if SAE N is neither in the run folder nor given as inputs.sae."""
-    explicit = ctx.cfg.inputs.sae if cycle == ctx.cfg.cycle.current else None
+    """Fail before any work unless SAE N is in the run folder or given as a fitting `inputs.sae`."""
+    explicit = _explicit(ctx, ctx.cfg.inputs.sae, cycle)
     if explicit:
-        if not Path(explicit).exists():
-            raise ArtifactError(f"inputs.sae={explicit} does not exist; give an SAE checkpoint folder")
-        _check_sae_width(ctx, load_sae(explicit), f"inputs.sae={explicit}")
+        _check_source(explicit, ctx.layout.sae(cycle), "inputs.sae")
+        _check_sae_fits(ctx, load_sae(explicit), f"inputs.sae={explicit}")
     elif not checkpoint_exists(ctx.layout.sae(cycle)):
         raise ArtifactError(
             f"cycle.current={cycle}: no SAE for cycle {cycle} in {ctx.layout.root}; run scripts/train_sae.py first, or give inputs.sae=PATH"
         )
 
 
-def _check_sae_width(ctx: RunContext, sae, where: str) -> None:
+def _check_sae_fits(ctx: RunContext, sae, where: str) -> None:
     width = ctx.cfg.model.target_width()
     if sae.d_in != width:
         raise ArtifactError(f"{where} reads {sae.d_in}-dim activations but the model's target layer has {width}")
+    if sae.registry_name != ctx.cfg.sae.type:
+        raise ArtifactError(f"{where} is a {sae.registry_name!r} SAE but sae.type={ctx.cfg.sae.type!r}; set sae={sae.registry_name}")
+
+
+def _import_once(ctx: RunContext, target: Path, save: Callable[[], None], what: str) -> None:
+    """Copy an explicit input into the run folder (main process only; every process waits for it)."""
+    if ctx.accelerator.is_main_process and not checkpoint_exists(target):
+        save()
+        log.info("imported %s into this run as %s", what, target)
+    ctx.accelerator.wait_for_everyone()
 
 
 def model_for_cycle(ctx: RunContext, cycle: int) -> Classifier:
     """Model N of this run (importing `inputs.model` as model N when given for the current cycle)."""
     require_model(ctx, cycle)
-    target = ctx.layout.model(cycle)
-    explicit = ctx.cfg.inputs.model if cycle == ctx.cfg.cycle.current else None
-    if explicit and _needs_import(Path(explicit), target, "inputs.model"):
-        model = new_model(ctx)
-        load_model(explicit, model, setting="inputs.model")
-        save_model(model, target, extra={"imported_from": str(Path(explicit).resolve())})
-        log.info("imported model %s as model %d of this run", explicit, cycle)
+    target, explicit = ctx.layout.model(cycle), _explicit(ctx, ctx.cfg.inputs.model, cycle)
+    if explicit:
+        def save() -> None:
+            model = new_model(ctx)
+            load_model(explicit, model, setting="inputs.model")
+            save_model(model, target, extra={"imported_from": str(explicit.resolve())})
+
+        _import_once(ctx, target, save, f"inputs.model={explicit}")
     model = new_model(ctx)
     load_model(target, model, setting=f"checkpoint of cycle {cycle}")
     return model
@@ -90,11 +101,10 @@ def model_for_cycle(ctx: RunContext, cycle: int) -> Classifier:
 def sae_for_cycle(ctx: RunContext, cycle: int):
     """SAE N of this run (importing `inputs.sae` as SAE N when given for the current cycle)."""
     require_sae(ctx, cycle)
-    target = ctx.layout.sae(cycle)
-    explicit = ctx.cfg.inputs.sae if cycle == ctx.cfg.cycle.current else None
-    if explicit and _needs_import(Path(explicit), target, "inputs.sae"):
-        load_sae(explicit).save(target, extra={"imported_from": str(Path(explicit).resolve())})
-        log.info("imported SAE %s as SAE %d of this run", explicit, cycle)
+    target, explicit = ctx.layout.sae(cycle), _explicit(ctx, ctx.cfg.inputs.sae, cycle)
+    if explicit:
+        _import_once(ctx, target, lambda: load_sae(explicit).save(target, extra={"imported_from": str(explicit.resolve())}),
+                     f"inputs.sae={explicit}")
     sae = load_sae(target)
-    _check_sae_width(ctx, sae, str(target))
+    _check_sae_fits(ctx, sae, str(target))
     return sae

@@ -38,20 +38,28 @@ class AuxiliaryTargets:
     weight: float
 
 
-def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Parameter]:
-    """`["all"]` trains everything; otherwise parameters whose names start with one of the prefixes."""
-    named = dict(model.named_parameters())
+def trainable_names(model: Classifier, prefixes: list[str]) -> set[str]:
+    """`["all"]` names every parameter; else those inside the named modules (`blocks.0` is not `blocks.10`)."""
+    names = [name for name, _ in model.named_parameters()]
     if list(prefixes) == ["all"]:
-        chosen = set(named)
-    else:
-        chosen = {name for name in named if any(name.startswith(p) for p in prefixes)}
-        unmatched = [p for p in prefixes if not any(name.startswith(p) for name in named)]
-        if unmatched:
-            groups = sorted({name.rsplit(".", 1)[0] for name in named})
-            raise ConfigError(f"cycle.trainable={list(prefixes)}: {unmatched} match no parameter; valid prefixes: all, {', '.join(groups)}")
-    for name, param in named.items():
+        return set(names)
+
+    def inside(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    unmatched = [p for p in prefixes if not any(inside(name, p) for name in names)]
+    if unmatched:
+        modules = sorted({name.rsplit(".", 1)[0] for name in names})
+        raise ConfigError(f"cycle.trainable={list(prefixes)}: {unmatched} match no parameter; valid: all, {', '.join(modules)}")
+    return {name for name in names if any(inside(name, p) for p in prefixes)}
+
+
+def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """Freeze everything outside `prefixes`; return the parameters left to train."""
+    chosen = trainable_names(model, prefixes)
+    for name, param in model.named_parameters():
         param.requires_grad_(name in chosen)
-    return [named[name] for name in named if name in chosen]
+    return [param for name, param in model.named_parameters() if name in chosen]
 
 
 @torch.no_grad()

@@ -1,10 +1,17 @@
 """One `accelerate.Accelerator` per task: CPU here, CUDA or several GPUs (`accelerate launch`) elsewhere."""
 
+import os
+
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState
 
 from sae_ception.errors import ConfigError
+
+
+def launched_processes() -> int:
+    """Processes started by `accelerate launch` / torchrun (1 for a plain `python` run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def make_accelerator(device: str, mixed_precision: str) -> Accelerator:
@@ -15,8 +22,8 @@ def make_accelerator(device: str, mixed_precision: str) -> Accelerator:
         # bf16 autocast on CPU depends on the CPU's AMX/AVX512-BF16 support and can kill the process
         # with an illegal instruction (seen on a VM that advertises both); it is for GPUs here.
         raise ConfigError(f"mixed_precision={mixed_precision} needs a CUDA device; use mixed_precision=no on CPU")
-    if PartialState().num_processes == 1:
+    if launched_processes() == 1:
         # accelerate keeps one global state per process; jobs of a --multirun sweep (same process) may
-        # ask for other settings, so start each task from a clean state.
-        AcceleratorState._reset_state()
+        # ask for another device or precision, so each task starts from a clean state.
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
