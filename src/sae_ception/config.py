@@ -39,6 +39,8 @@ class CycleConfig:
     aux_loss_weight: float = 0.1  # lambda in task loss + lambda * (1 - cos(activation, target))
     epochs: int = 10  # epochs of each auxiliary retraining
     lr: Optional[float] = None  # None: model.lr
+    keep_best: bool = False  # keep the best-validation-accuracy epoch; False keeps the last, so the
+    #                          auxiliary objective is not undone by selecting on task accuracy alone
     trainable: List[str] = field(default_factory=lambda: ["all"])  # ["all"] or parameter-name prefixes
 
     def __post_init__(self) -> None:

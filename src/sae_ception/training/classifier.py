@@ -106,6 +106,7 @@ def train_classifier(
     step = 0
     for epoch in bar:
         model.train()
+        epoch_sums: dict[str, torch.Tensor] = {}  # summed on the device; one host sync per epoch
         for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes):
             x, y = train.x[idx].to(device), train.y[idx].to(device)
             with capture_output(raw_model.target_module()) as captured, accelerator.autocast():
@@ -121,10 +122,12 @@ def train_classifier(
             accelerator.backward(loss)
             optimizer.step()
             step += 1
+            epoch_sums = {k: epoch_sums.get(k, 0.0) + v.detach() for k, v in losses.items()}
             if log_fn is not None and (step % 10 == 0 or step == steps_per_epoch * schedule.epochs):
                 log_fn({k: v.item() for k, v in losses.items()} | {"loss": loss.item(), "epoch": epoch}, step)
         val_metrics = evaluate_classifier(raw_model, val, accelerator, eval_batch_size)
-        history.append({"epoch": epoch, **{f"val_{k}": v for k, v in val_metrics.items()}})
+        train_means = {f"train_{k}": (v / steps_per_epoch).item() for k, v in epoch_sums.items()}
+        history.append({"epoch": epoch, **train_means, **{f"val_{k}": v for k, v in val_metrics.items()}})
         bar.set_postfix(val_acc=f"{val_metrics['accuracy']:.4f}")
         if log_fn is not None:
             log_fn({f"val_{k}": v for k, v in val_metrics.items()} | {"epoch": epoch}, step)
@@ -138,6 +141,9 @@ def train_classifier(
     for param in model.parameters():
         param.requires_grad_(True)
     kept_epoch = best["epoch"] if best["state"] is not None else schedule.epochs - 1
-    log.info("%s: kept epoch %d of %d%s", stage, kept_epoch + 1, schedule.epochs,
-             " (best validation accuracy)" if best["state"] is not None else "")
+    trend = ", ".join(
+        f"{key} {history[0][key]:.4f} -> {history[-1][key]:.4f}" for key in ("train_task_loss", "train_aux_loss") if history and key in history[0]
+    )
+    log.info("%s: kept epoch %d of %d%s; %s", stage, kept_epoch + 1, schedule.epochs,
+             " (best validation accuracy)" if best["state"] is not None else "", trend)
     return model, {"history": history, "kept_epoch": kept_epoch, "steps": step}
