@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig
 
 from sae_ception.config import parse_config
+from sae_ception.entrypoints import ENTRYPOINTS
 from sae_ception.errors import SAECeptionError
 from sae_ception.run import RunContext, check_resumable
 from sae_ception.utils.device import make_accelerator
@@ -33,10 +34,9 @@ def shared_output_dir(output_dir: str, accelerator) -> str:
 
 def run_entrypoint(name: str, hydra_cfg: DictConfig) -> Any:
     """Body of `scripts/<name>.py`."""
-    from sae_ception.entrypoints import ENTRYPOINTS
-
     entry = ENTRYPOINTS[name]
     return run_task(hydra_cfg, entry.task, entry.preflight)
+
 
 Task = Callable[[RunContext], Any]
 
@@ -56,15 +56,14 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
             ctx.save_config()
         log.info("run folder: %s (device %s)", ctx.layout.root, accelerator.device)
         ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None
+        exit_code = 1
         try:
-            return task(ctx)
-        except BaseException:
+            result = task(ctx)
+            exit_code = 0
+            return result
+        finally:  # wandb is closed even when the task fails
             if ctx.tracker is not None:
-                ctx.tracker.finish(exit_code=1)
-            raise
-        finally:
-            if ctx.tracker is not None:
-                ctx.tracker.finish()
+                ctx.tracker.finish(exit_code)
     except SAECeptionError as ex:
         log.error("error: %s", ex)
         sys.exit(2)
