@@ -5,8 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from sklearn.metrics import f1_score
 
 from sae_ception.models import Classifier, replace_output
+
+
+def f1_scores(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
+    predictions, labels = logits_NC.argmax(-1).numpy(), labels_N.numpy()
+    return {
+        "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "f1_weighted": float(f1_score(labels, predictions, average="weighted", zero_division=0)),
+    }
 
 
 def accuracy_and_loss(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
@@ -37,6 +46,7 @@ def performance_metrics(
     return {
         "accuracy": own["accuracy"],
         "loss": own["loss"],
+        **f1_scores(logits_NC, labels_N),
         "spliced_accuracy": spliced["accuracy"],
         "spliced_loss": spliced["loss"],
         "spliced_accuracy_drop": own["accuracy"] - spliced["accuracy"],

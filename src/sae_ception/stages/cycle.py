@@ -19,6 +19,12 @@ TABLE_COLUMNS = (
     ("sae/explained_variance", "EV"),
     ("sae/l0", "L0"),
     ("sae/dead_fraction", "dead"),
+    ("monosemanticity_dense/csi_mean", "CSI"),
+    ("monosemanticity_dense/u_mean", "U"),
+    ("monosemanticity_sae/csi_mean", "SAE CSI"),
+    ("monosemanticity_sae/u_mean", "SAE U"),
+    ("clustering_sae/ari_kmeans", "SAE ARI"),
+    ("probe/sae_accuracy", "SAE probe"),
 )
 
 
@@ -38,9 +44,15 @@ def run_cycles(ctx: RunContext) -> list[dict]:
 
 
 def format_table(results: list[dict]) -> str:
-    header = "cycle | " + " | ".join(f"{name:>8}" for _, name in TABLE_COLUMNS)
+    widths = [max(8, len(name)) for _, name in TABLE_COLUMNS]
+    header = "cycle | " + " | ".join(f"{name:>{width}}" for (_, name), width in zip(TABLE_COLUMNS, widths))
     rows = [header, "-" * len(header)]
     for result in results:
         flat = flatten_metrics(result["metrics"])
-        rows.append(f"{result['cycle']:>5} | " + " | ".join(f"{flat[key]:>8.4g}" for key, _ in TABLE_COLUMNS))
+        rows.append(f"{result['cycle']:>5} | " + " | ".join(_cell(flat.get(key), width) for (key, _), width in zip(TABLE_COLUMNS, widths)))
     return "\n".join(rows)
+
+
+def _cell(value, width: int) -> str:
+    """A table cell; undefined metrics (null in JSON, NaN in memory) show as n/a."""
+    return f"{'n/a':>{width}}" if value is None or value != value else f"{value:>{width}.4g}"

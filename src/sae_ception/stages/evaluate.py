@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from sae_ception.evaluation.performance import performance_metrics, spliced_logits
+from sae_ception.evaluation.representations import encode_all, representation_metrics
 from sae_ception.evaluation.sae_quality import sae_quality
 from sae_ception.run import RunContext
 from sae_ception.stages.activations import activations_for_cycle
@@ -32,8 +33,13 @@ def summary_line(cycle: int, metrics: dict[str, dict[str, float]]) -> str:
     return (
         f"cycle {cycle} | test acc {perf['accuracy']:.4f} | spliced acc {perf['spliced_accuracy']:.4f} "
         f"| SAE mse {sae['mse']:.4g} | EV {sae['explained_variance']:.3f} | L0 {sae['l0']:.1f} "
-        f"| dead {sae['dead_fraction']:.1%}"
+        f"| dead {sae['dead_fraction']:.1%} | SAE CSI {_fmt(metrics['monosemanticity_sae']['csi_mean'])} "
+        f"U {_fmt(metrics['monosemanticity_sae']['u_mean'])} ARI {_fmt(metrics['clustering_sae']['ari_kmeans'])}"
     )
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def run_evaluate(ctx: RunContext, cycle: int) -> dict[str, Any]:
@@ -46,7 +52,8 @@ def run_evaluate(ctx: RunContext, cycle: int) -> dict[str, Any]:
     seed_everything(ctx.seed_for(cycle, "evaluate"))
     started = time.perf_counter()
     model, sae = model_for_cycle(ctx, cycle), sae_for_cycle(ctx, cycle)
-    held_out = activations_for_cycle(ctx, cycle)[EVAL_SPLIT]
+    activations = activations_for_cycle(ctx, cycle)
+    held_out, train = activations[EVAL_SPLIT], activations["train"]
     split = getattr(ctx.splits, EVAL_SPLIT)
     metrics = {
         "performance": performance_metrics(
@@ -55,6 +62,11 @@ def run_evaluate(ctx: RunContext, cycle: int) -> dict[str, Any]:
             held_out.labels_N,
         ),
         "sae": sae_quality(sae, held_out.acts_ND.to(ctx.accelerator.device)),
+        **representation_metrics(
+            train={"dense": train.acts_ND, "sae": encode_all(sae, train.acts_ND)}, train_labels=train.labels_N,
+            test={"dense": held_out.acts_ND, "sae": encode_all(sae, held_out.acts_ND)}, test_labels=held_out.labels_N,
+            seed=ctx.seed_for(cycle, "evaluate"),
+        ),
     }
     results = {
         "cycle": cycle,

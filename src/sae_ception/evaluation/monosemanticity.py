@@ -1,0 +1,87 @@
+"""How class-specific each unit is: Class Selectivity Index (CSI) and uncertainty coefficient (U).
+
+Both are computed for every unit at once from per-class sums (no loop over units). A unit whose value
+never changes over the data (e.g. a latent that never fires) has no selectivity to measure: it gets
+NaN and is counted as dead instead of pulling the mean towards 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _present_class_sums(values_NU: Tensor, labels_N: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class sums [C, U] and counts [C] over the classes that occur in `labels_N` only."""
+    classes, inverse = torch.unique(labels_N, return_inverse=True)
+    sums_CU = torch.zeros(len(classes), values_NU.shape[1], dtype=torch.float64).index_add_(0, inverse, values_NU.double())
+    counts_C = torch.bincount(inverse, minlength=len(classes)).double()
+    return sums_CU, counts_C
+
+
+def class_selectivity(acts_NU: Tensor, labels_N: Tensor) -> Tensor:
+    """CSI per unit: (mu_max - mu_rest) / (mu_max + mu_rest) over class-mean activations, in [0, 1].
+
+    Activations are measured from the unit's own minimum over the data, so units with negative values
+    are handled the same way as ReLU units (for which the minimum is usually 0 and nothing changes).
+    NaN for constant units and when fewer than two classes are present.
+    """
+    acts_NU = acts_NU.double()
+    floor_U = acts_NU.min(0).values
+    sums_CU, counts_C = _present_class_sums(acts_NU - floor_U, labels_N)
+    num_classes = len(counts_C)
+    means_CU = sums_CU / counts_C[:, None]
+    mu_max_U = means_CU.max(0).values
+    mu_rest_U = (means_CU.sum(0) - mu_max_U) / max(num_classes - 1, 1)
+    csi_U = (mu_max_U - mu_rest_U) / (mu_max_U + mu_rest_U)
+    undefined_U = (acts_NU.max(0).values == floor_U) | (num_classes < 2)
+    return torch.where(undefined_U, torch.nan, csi_U).float()
+
+
+def _binary_entropy(p: Tensor) -> Tensor:
+    """Entropy in nats of a Bernoulli(p), with 0 log 0 = 0."""
+    q = 1 - p
+    return -(torch.xlogy(p, p) + torch.xlogy(q, q))
+
+
+def uncertainty_coefficient(acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0) -> Tensor:
+    """U per unit: I(firing; label) / H(firing), where a unit fires when its activation > threshold.
+
+    1 when the label fully determines whether the unit fires, 0 when firing is independent of it.
+    NaN for units that fire on every example or on none (H(firing) = 0).
+    """
+    fires_NU = (acts_NU > threshold).double()
+    fire_counts_CU, counts_C = _present_class_sums(fires_NU, labels_N)
+    n = counts_C.sum()
+    h_fire_U = _binary_entropy(fire_counts_CU.sum(0) / n)
+    h_fire_given_label_U = (counts_C[:, None] / n * _binary_entropy(fire_counts_CU / counts_C[:, None])).sum(0)
+    u_U = (h_fire_U - h_fire_given_label_U) / h_fire_U
+    return torch.where(h_fire_U > 0, u_U.clamp(0, 1), torch.nan).float()
+
+
+def summarize(per_unit_U: Tensor, prefix: str) -> dict[str, float]:
+    """Mean and quantiles over the units where the metric is defined, and how many units are dead."""
+    defined = per_unit_U[~torch.isnan(per_unit_U)].double()
+    out = {f"{prefix}_mean": defined.mean().item() if len(defined) else float("nan")}
+    if len(defined):
+        values = torch.quantile(defined, torch.tensor(QUANTILES, dtype=torch.float64))
+        out |= {f"{prefix}_q{int(q * 100):02d}": v.item() for q, v in zip(QUANTILES, values)}
+    else:
+        out |= {f"{prefix}_q{int(q * 100):02d}": float("nan") for q in QUANTILES}
+    return out
+
+
+def monosemanticity_metrics(acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0) -> dict[str, float]:
+    """CSI and U summaries for one set of units (a dense layer or an SAE's latents)."""
+    csi_U = class_selectivity(acts_NU, labels_N)
+    u_U = uncertainty_coefficient(acts_NU, labels_N, threshold)
+    constant_U = torch.isnan(csi_U) if len(torch.unique(labels_N)) >= 2 else acts_NU.max(0).values == acts_NU.min(0).values
+    return {
+        **summarize(csi_U, "csi"),
+        **summarize(u_U, "u"),
+        "num_units": acts_NU.shape[1],
+        "dead_units": int(constant_U.sum()),
+        "never_or_always_firing_units": int(torch.isnan(u_U).sum()),
+    }
