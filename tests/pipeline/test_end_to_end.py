@@ -30,6 +30,8 @@ def test_every_artifact_is_written(finished_run):
         assert (run_dir / "activations" / f"cycle_{cycle}.safetensors").is_file()
         assert (run_dir / "results" / f"cycle_{cycle}.json").is_file()
     assert not (run_dir / "checkpoints" / "model_cycle_3").exists()
+    summary = (run_dir / "results" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("cycle,performance/accuracy") and len(summary) == 4
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["cycle"]["max_cycles"] == 2 and saved["sae"]["type"] == "relu" and saved["seed"] == 0
     assert not list(run_dir.rglob("*.tmp")), "no temporary files may be left behind"

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from sae_ception.evaluation.performance import performance_metrics, spliced_logits
+from sae_ception.evaluation.report import flatten_metrics
 from sae_ception.evaluation.representations import encode_all, representation_metrics
 from sae_ception.evaluation.sae_quality import sae_quality
 from sae_ception.run import RunContext
@@ -22,10 +23,6 @@ from sae_ception.utils.seeding import seed_everything
 log = logging.getLogger(__name__)
 
 EVAL_SPLIT = "test"
-
-
-def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"{family}/{name}": value for family, values in metrics.items() for name, value in values.items()}
 
 
 def summary_line(cycle: int, metrics: dict[str, dict[str, float]]) -> str:

@@ -1,0 +1,78 @@
+"""Results across cycles for people: a table with each metric per cycle and whether it moved the right way,
+and `results/summary.csv` with one row per cycle."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+# Which way is better, by metric name (the part after `family/`): +1 higher, -1 lower, 0 no preference.
+# `spliced_accuracy_drop` is better closer to 0 and is judged on its absolute value.
+DIRECTIONS = {
+    "accuracy": 1, "loss": -1, "spliced_accuracy": 1, "spliced_loss": -1, "spliced_accuracy_drop": -1,
+    "f1_macro": 1, "f1_weighted": 1,
+    "mse": -1, "mse_normalized": -1, "explained_variance": 1, "l0": 0, "l1": 0,
+    "dead_fraction": -1, "always_on_fraction": -1,
+    "csi_mean": 1, "u_mean": 1, "dead_units": -1, "never_or_always_firing_units": -1, "num_units": 0,
+    "ari_kmeans": 1, "silhouette_labels": 1, "silhouette_kmeans": 1, "davies_bouldin": -1,
+    "calinski_harabasz": 1, "silhouette_sample_size": 0,
+    "dense_accuracy": 1, "sae_accuracy": 1,
+}
+ABSOLUTE = {"spliced_accuracy_drop"}
+
+
+def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{family}/{name}": value for family, values in metrics.items() for name, value in values.items()}
+
+
+def _direction(name: str) -> int:
+    """A quantile such as `csi_q90` goes the way its mean (`csi_mean`) goes."""
+    if name in DIRECTIONS:
+        return DIRECTIONS[name]
+    stem, _, quantile = name.rpartition("_q")
+    return DIRECTIONS.get(f"{stem}_mean", 0) if quantile.isdigit() else 0
+
+
+def _defined(value) -> bool:
+    return value is not None and value == value
+
+
+def verdict(key: str, first, last) -> str:
+    """'better', 'worse', 'same' or '' (no preferred direction, or undefined) for a change first -> last."""
+    name = key.split("/", 1)[1]
+    direction = _direction(name)
+    if not direction or not (_defined(first) and _defined(last)):
+        return ""
+    if name in ABSOLUTE:
+        first, last = abs(first), abs(last)
+    change = (last - first) * direction
+    return "better" if change > 0 else "worse" if change < 0 else "same"
+
+
+def format_table(results: list[dict], skip_quantiles: bool = True) -> str:
+    """Rows are metrics, columns are cycles, the last column says whether the first -> last change is good."""
+    flats = [flatten_metrics(r["metrics"]) for r in results]
+    keys = [k for k in flats[0] if not (skip_quantiles and "_q" in k.split("/", 1)[1])] if flats else []
+    name_width = max((len(k) for k in keys), default=6)
+    header = f"{'metric':<{name_width}} | " + " | ".join(f"{'cycle ' + str(r['cycle']):>9}" for r in results) + " | change"
+    lines = [header, "-" * len(header)]
+    for key in keys:
+        cells = " | ".join(_cell(flat.get(key)) for flat in flats)
+        lines.append(f"{key:<{name_width}} | {cells} | {verdict(key, flats[0].get(key), flats[-1].get(key))}")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{'n/a':>9}" if not _defined(value) else f"{value:>9.4g}"
+
+
+def summary_csv(results: list[dict]) -> str:
+    """One row per cycle, one column per `family/metric`; undefined values are empty cells."""
+    flats = [flatten_metrics(r["metrics"]) for r in results]
+    columns = list(dict.fromkeys(k for flat in flats for k in flat))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["cycle", *columns])
+    for result, flat in zip(results, flats):
+        writer.writerow([result["cycle"], *("" if not _defined(flat.get(k)) else flat[k] for k in columns)])
+    return buffer.getvalue()
