@@ -96,6 +96,7 @@ class Settings:
     run_dir: str = "outputs"  # the run folder (Hydra's run dir); give an existing one to resume it
     progress: bool = True  # tqdm progress bars
     eval_batch_size: int = 1024
+    eval_cycle: Optional[int] = None  # scripts/evaluate.py: only this cycle (null: every evaluable cycle)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

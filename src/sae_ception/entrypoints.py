@@ -10,7 +10,7 @@ from sae_ception.errors import ConfigError
 from sae_ception.stages.artifacts import new_model, require_model, require_sae
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
-from sae_ception.stages.cycle import run_cycles
+from sae_ception.stages.cycle import reevaluate, run_cycles
 from sae_ception.stages.sae import run_sae
 from sae_ception.training.classifier import trainable_names
 
@@ -19,6 +19,7 @@ from sae_ception.training.classifier import trainable_names
 class Entrypoint:
     task: Callable[[RunContext], Any]
     preflight: Optional[Callable[[RunContext], None]] = None
+    from_run_folder: bool = False  # read the settings from run_dir/config.yaml (scripts on finished runs)
 
 
 def _current(ctx: RunContext) -> int:
@@ -46,6 +47,12 @@ def _baseline_preflight(ctx: RunContext) -> None:
         require_model(ctx, 0)
 
 
+def _evaluate_preflight(ctx: RunContext) -> None:
+    if ctx.cfg.eval_cycle is not None:
+        require_model(ctx, ctx.cfg.eval_cycle, setting="eval_cycle")
+        require_sae(ctx, ctx.cfg.eval_cycle, setting="eval_cycle")
+
+
 def _auxiliary_preflight(ctx: RunContext) -> None:
     require_model(ctx, _current(ctx))
     require_sae(ctx, _current(ctx))
@@ -57,4 +64,5 @@ ENTRYPOINTS = {
     "train_baseline": Entrypoint(run_baseline, _baseline_preflight),
     "train_sae": Entrypoint(lambda ctx: run_sae(ctx, _current(ctx)), lambda ctx: require_model(ctx, _current(ctx))),
     "train_auxiliary": Entrypoint(lambda ctx: run_auxiliary(ctx, _current(ctx)), _auxiliary_preflight),
+    "evaluate": Entrypoint(reevaluate, _evaluate_preflight, from_run_folder=True),
 }

@@ -40,7 +40,7 @@ def _check_source(source: Path, target: Path, setting: str) -> None:
         raise ArtifactError(f"{setting}={source} differs from {target} already in this run; drop {setting} or use a new run_dir")
 
 
-def require_model(ctx: RunContext, cycle: int) -> None:
+def require_model(ctx: RunContext, cycle: int, setting: str = "cycle.current") -> None:
     """Fail before any work unless model N is in the run folder or given as a fitting `inputs.model`."""
     explicit = _explicit(ctx, ctx.cfg.inputs.model, cycle)
     if explicit:
@@ -49,12 +49,12 @@ def require_model(ctx: RunContext, cycle: int) -> None:
     elif not checkpoint_exists(ctx.layout.model(cycle)):
         have = ctx.layout.model_cycles()
         raise ArtifactError(
-            f"cycle.current={cycle}: no model for cycle {cycle} in {ctx.layout.root} (cycles with a model: {have or 'none'}); "
+            f"{setting}={cycle}: no model for cycle {cycle} in {ctx.layout.root} (cycles with a model: {have or 'none'}); "
             "set run_dir to the run that holds it, or give inputs.model=PATH"
         )
 
 
-def require_sae(ctx: RunContext, cycle: int) -> None:
+def require_sae(ctx: RunContext, cycle: int, setting: str = "cycle.current") -> None:
     """Fail before any work unless SAE N is in the run folder or given as a fitting `inputs.sae`."""
     explicit = _explicit(ctx, ctx.cfg.inputs.sae, cycle)
     if explicit:
@@ -62,7 +62,7 @@ def require_sae(ctx: RunContext, cycle: int) -> None:
         _check_sae_fits(ctx, load_sae(explicit), f"inputs.sae={explicit}")
     elif not checkpoint_exists(ctx.layout.sae(cycle)):
         raise ArtifactError(
-            f"cycle.current={cycle}: no SAE for cycle {cycle} in {ctx.layout.root}; run scripts/train_sae.py first, or give inputs.sae=PATH"
+            f"{setting}={cycle}: no SAE for cycle {cycle} in {ctx.layout.root}; run scripts/train_sae.py first, or give inputs.sae=PATH"
         )
 
 

@@ -10,7 +10,7 @@ from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.evaluate import run_evaluate
 from sae_ception.stages.sae import run_sae
-from sae_ception.utils.io import read_json, write_text
+from sae_ception.utils.io import checkpoint_exists, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,29 @@ def run_cycles(ctx: RunContext) -> list[dict]:
         results.append(run_evaluate(ctx, cycle))
         if cycle < last:
             run_auxiliary(ctx, cycle)
-    if results:
-        if ctx.accelerator.is_main_process:
-            write_text(ctx.layout.root / "results" / "summary.csv", summary_csv(read_all_results(ctx)))
-        log.info("results across cycles (%s split; change = cycle %d -> %d):\n%s", results[0]["split"],
-                 results[0]["cycle"], results[-1]["cycle"], format_table(results))
+    report(ctx, results)
     return results
+
+
+def reevaluate(ctx: RunContext) -> list[dict]:
+    """scripts/evaluate.py: recompute the results of every cycle that has a model and an SAE (or of
+    `eval_cycle` only), without training anything."""
+    cycles = [c for c in ctx.layout.model_cycles() if checkpoint_exists(ctx.layout.sae(c))]
+    if ctx.cfg.eval_cycle is not None:
+        cycles = [ctx.cfg.eval_cycle]
+    results = [run_evaluate(ctx, cycle, recompute=True) for cycle in cycles]
+    report(ctx, results)
+    return results
+
+
+def report(ctx: RunContext, results: list[dict]) -> None:
+    """summary.csv over every cycle in the folder, and the table of the cycles run now."""
+    if not results:
+        return
+    if ctx.accelerator.is_main_process:
+        write_text(ctx.layout.root / "results" / "summary.csv", summary_csv(read_all_results(ctx)))
+    log.info("results across cycles (%s split; change = cycle %d -> %d):\n%s", results[0]["split"],
+             results[0]["cycle"], results[-1]["cycle"], format_table(results))
 
 
 def read_all_results(ctx: RunContext) -> list[dict]:

@@ -39,9 +39,10 @@ def _fmt(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
-def run_evaluate(ctx: RunContext, cycle: int) -> dict[str, Any]:
+def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[str, Any]:
+    """Results of cycle N; an existing results file is reused unless `recompute` (scripts/evaluate.py)."""
     path = ctx.layout.results(cycle)
-    if path.is_file():
+    if path.is_file() and not recompute:
         log.info("cycle %d: found %s, skipping evaluation (resume)", cycle, path)
         results = read_json(path)
         log.info(summary_line(cycle, results["metrics"]))

@@ -1,0 +1,58 @@
+"""scripts/evaluate.py: re-evaluates a run folder from its own config, without training."""
+
+import json
+
+import pytest
+
+from sae_ception.cli import run_task
+from sae_ception.entrypoints import ENTRYPOINTS
+from sae_ception.stages.cycle import run_cycles
+from tests.conftest import compose_cfg, run_script
+from tests.pipeline.helpers import final_metrics, run_in_process, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    run_in_process(run_cycles, run_dir, ["cycle.max_cycles=1"])
+    return run_dir
+
+
+def reevaluate(run_dir, overrides=()):
+    entry = ENTRYPOINTS["evaluate"]
+    # the composed defaults differ from the run's settings on purpose: the run's config.yaml must win
+    return run_task(compose_cfg(run_dir, ["model.hidden_sizes=[64,64]", *overrides]), entry.task, entry.preflight,
+                    from_run_folder=True)
+
+
+def test_recomputes_the_same_numbers_without_training(run):
+    before = final_metrics(run)
+    checkpoints = {k: v for k, v in snapshot(run).items() if k.startswith("checkpoints")}
+    (run / "results" / "cycle_1.json").unlink()
+    results = reevaluate(run)
+    assert [r["cycle"] for r in results] == [0, 1]
+    assert final_metrics(run) == before
+    assert {k: v for k, v in snapshot(run).items() if k.startswith("checkpoints")} == checkpoints
+
+
+def test_one_cycle_only(run):
+    untouched = (run / "results" / "cycle_0.json").stat().st_mtime_ns
+    results = reevaluate(run, ["eval_cycle=1"])
+    assert [r["cycle"] for r in results] == [1]
+    assert (run / "results" / "cycle_0.json").stat().st_mtime_ns == untouched
+    assert len((run / "results" / "summary.csv").read_text().splitlines()) == 3  # header + cycles 0 and 1
+
+
+def test_real_command_needs_only_run_dir(run):
+    proc = run_script("evaluate.py", f"run_dir={run}", "wandb.mode=disabled", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((run / "results" / "cycle_1.json").read_text())["cycle"] == 1
+
+
+def test_folder_without_a_run_is_one_line(tmp_path):
+    proc = run_script("evaluate.py", f"run_dir={tmp_path / 'empty'}", "wandb.mode=disabled")
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "holds no config.yaml" in errors[0]
