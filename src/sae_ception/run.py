@@ -48,6 +48,13 @@ class RunLayout:
     def results(self, cycle: int) -> Path:
         return self.root / "results" / f"cycle_{cycle}.json"
 
+    def unit_scores(self, cycle: int) -> Path:
+        """Per-unit CSI/U and 2-D PCA of the test codes, for plots."""
+        return self.root / "results" / f"units_cycle_{cycle}.safetensors"
+
+    def plots(self) -> Path:
+        return self.root / "plots"
+
     def model_cycles(self) -> list[int]:
         found = self.root.glob("checkpoints/model_cycle_*")
         return sorted(int(p.name.rsplit("_", 1)[1]) for p in found if checkpoint_exists(p))

@@ -30,6 +30,9 @@ def test_every_artifact_is_written(finished_run):
         assert (run_dir / "activations" / f"cycle_{cycle}.safetensors").is_file()
         assert (run_dir / "results" / f"cycle_{cycle}.json").is_file()
     assert not (run_dir / "checkpoints" / "model_cycle_3").exists()
+    for name in ("performance", "sae", "monosemanticity_sae", "clustering_sae", "probe", "sae_latent_csi_u_histograms", "sae_codes_pca"):
+        png = (run_dir / "plots" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
     summary = (run_dir / "results" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("cycle,performance/accuracy") and len(summary) == 4
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -73,10 +73,17 @@ def summarize(per_unit_U: Tensor, prefix: str) -> dict[str, float]:
     return out
 
 
-def monosemanticity_metrics(acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0) -> dict[str, float]:
+def unit_scores(acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0) -> dict[str, Tensor]:
+    """Per-unit CSI and U (NaN where undefined), e.g. for histograms."""
+    return {"csi": class_selectivity(acts_NU, labels_N), "u": uncertainty_coefficient(acts_NU, labels_N, threshold)}
+
+
+def monosemanticity_metrics(
+    acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0, scores: dict[str, Tensor] | None = None
+) -> dict[str, float]:
     """CSI and U summaries for one set of units (a dense layer or an SAE's latents)."""
-    csi_U = class_selectivity(acts_NU, labels_N)
-    u_U = uncertainty_coefficient(acts_NU, labels_N, threshold)
+    scores = scores if scores is not None else unit_scores(acts_NU, labels_N, threshold)
+    csi_U, u_U = scores["csi"], scores["u"]
     constant_U = torch.isnan(csi_U) if len(torch.unique(labels_N)) >= 2 else acts_NU.max(0).values == acts_NU.min(0).values
     return {
         **summarize(csi_U, "csi"),

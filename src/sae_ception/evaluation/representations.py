@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from sae_ception.evaluation.clustering import clustering_metrics
-from sae_ception.evaluation.monosemanticity import monosemanticity_metrics
+from sae_ception.evaluation.monosemanticity import monosemanticity_metrics, unit_scores
 from sae_ception.evaluation.probes import linear_probe_accuracy
 
 
@@ -19,14 +19,25 @@ def encode_all(sae, acts_ND: torch.Tensor, batch_size: int = 4096) -> torch.Tens
     return torch.cat([sae.encode(chunk.to(device)).float().cpu() for chunk in acts_ND.split(batch_size)])
 
 
+def pca_2d(features_NF: torch.Tensor) -> torch.Tensor:
+    """The first two principal-component coordinates (deterministic SVD of the centred features)."""
+    centred = features_NF.double() - features_NF.double().mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ v[:2].T).float() if v.shape[0] >= 2 else torch.zeros(len(features_NF), 2)
+
+
 def representation_metrics(
     train: dict[str, torch.Tensor], train_labels: torch.Tensor,
     test: dict[str, torch.Tensor], test_labels: torch.Tensor, seed: int,
-) -> dict[str, dict[str, float]]:
-    """`train`/`test` map a representation name ("dense", "sae") to its [N, units] matrix."""
+) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """`train`/`test` map a representation name ("dense", "sae") to its [N, units] matrix. Returns the
+    metric families and per-unit arrays for plots (`<name>_csi`, `<name>_u`, `<name>_pca_2d`, `labels`)."""
     families: dict[str, dict[str, float]] = {"probe": {}}
+    per_unit: dict[str, torch.Tensor] = {"labels": test_labels}
     for name, test_X in test.items():
-        families[f"monosemanticity_{name}"] = monosemanticity_metrics(test_X, test_labels)
+        scores = unit_scores(test_X, test_labels)
+        per_unit |= {f"{name}_csi": scores["csi"], f"{name}_u": scores["u"], f"{name}_pca_2d": pca_2d(test_X)}
+        families[f"monosemanticity_{name}"] = monosemanticity_metrics(test_X, test_labels, scores=scores)
         families[f"clustering_{name}"] = clustering_metrics(test_X, test_labels, seed=seed)
         families["probe"][f"{name}_accuracy"] = linear_probe_accuracy(train[name], train_labels, test_X, test_labels, seed)
-    return families
+    return families, per_unit

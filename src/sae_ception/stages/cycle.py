@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+from sae_ception.evaluation.plots import plot_code_projections, plot_families, plot_unit_histograms
 from sae_ception.evaluation.report import format_table, summary_csv
 from sae_ception.run import RunContext
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.evaluate import run_evaluate
 from sae_ception.stages.sae import run_sae
-from sae_ception.utils.io import checkpoint_exists, read_json, write_text
+from sae_ception.utils.io import checkpoint_exists, load_tensors, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,26 @@ def report(ctx: RunContext, results: list[dict]) -> None:
     if not results:
         return
     if ctx.accelerator.is_main_process:
-        write_text(ctx.layout.root / "results" / "summary.csv", summary_csv(read_all_results(ctx)))
+        every_cycle = read_all_results(ctx)
+        write_text(ctx.layout.root / "results" / "summary.csv", summary_csv(every_cycle))
+        plots = write_plots(ctx, every_cycle)
+        if ctx.tracker is not None:
+            ctx.tracker.log_summary(every_cycle, plots)
+        log.info("plots: %s", ctx.layout.plots())
     log.info("results across cycles (%s split; change = cycle %d -> %d):\n%s", results[0]["split"],
              results[0]["cycle"], results[-1]["cycle"], format_table(results))
+
+
+def write_plots(ctx: RunContext, results: list[dict]) -> list[Path]:
+    units = {}
+    for result in results:
+        path = ctx.layout.unit_scores(result["cycle"])
+        if path.is_file():
+            units[result["cycle"]] = {k: v.numpy() for k, v in load_tensors(path).items()}
+    paths = plot_families(results, ctx.layout.plots())
+    if units:
+        paths += [plot_unit_histograms(units, ctx.layout.plots()), plot_code_projections(units, ctx.layout.plots())]
+    return paths
 
 
 def read_all_results(ctx: RunContext) -> list[dict]:

@@ -17,7 +17,7 @@ from sae_ception.evaluation.sae_quality import sae_quality
 from sae_ception.run import RunContext
 from sae_ception.stages.activations import activations_for_cycle
 from sae_ception.stages.artifacts import model_for_cycle, sae_for_cycle
-from sae_ception.utils.io import read_json, write_json
+from sae_ception.utils.io import read_json, save_tensors, write_json
 from sae_ception.utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
     activations = activations_for_cycle(ctx, cycle)
     held_out, train = activations[EVAL_SPLIT], activations["train"]
     split = getattr(ctx.splits, EVAL_SPLIT)
+    families, per_unit = representation_metrics(
+        train={"dense": train.acts_ND, "sae": encode_all(sae, train.acts_ND)}, train_labels=train.labels_N,
+        test={"dense": held_out.acts_ND, "sae": encode_all(sae, held_out.acts_ND)}, test_labels=held_out.labels_N,
+        seed=ctx.seed_for(cycle, "evaluate"),
+    )
     metrics = {
         "performance": performance_metrics(
             held_out.logits_NC,
@@ -60,11 +65,7 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
             held_out.labels_N,
         ),
         "sae": sae_quality(sae, held_out.acts_ND.to(ctx.accelerator.device)),
-        **representation_metrics(
-            train={"dense": train.acts_ND, "sae": encode_all(sae, train.acts_ND)}, train_labels=train.labels_N,
-            test={"dense": held_out.acts_ND, "sae": encode_all(sae, held_out.acts_ND)}, test_labels=held_out.labels_N,
-            seed=ctx.seed_for(cycle, "evaluate"),
-        ),
+        **families,
     }
     results = {
         "cycle": cycle,
@@ -76,6 +77,7 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
         "seconds": round(time.perf_counter() - started, 3),
     }
     if ctx.accelerator.is_main_process:
+        save_tensors(ctx.layout.unit_scores(cycle), per_unit)  # before the JSON, which marks the cycle done
         write_json(path, results)
     if ctx.tracker is not None:
         ctx.tracker.log_cycle(cycle, flatten_metrics(metrics))

@@ -56,6 +56,20 @@ class Tracker:
         if self.run is not None:
             self.run.log({f"eval/{k}": v for k, v in flat_metrics.items()} | {"cycle": cycle})
 
+    def log_summary(self, results: list[dict], plots: list[Path]) -> None:
+        """The cross-cycle table and the run's plots, as a wandb table and images."""
+        if self.run is None:
+            return
+        import wandb
+
+        from sae_ception.evaluation.report import flatten_metrics
+
+        flats = [flatten_metrics(r["metrics"]) for r in results]
+        columns = list(dict.fromkeys(k for flat in flats for k in flat))
+        table = wandb.Table(columns=["cycle", *columns],
+                            data=[[r["cycle"], *(flat.get(k) for k in columns)] for r, flat in zip(results, flats)])
+        self.run.log({"summary/table": table} | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
