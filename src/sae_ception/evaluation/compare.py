@@ -90,7 +90,7 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
     group_by = group_by if group_by is not None else varying_settings(runs)
     groups: dict[str, list[RunResults]] = {}
     for run in runs:
-        name = ", ".join(f"{k}={run.settings.get(k)}" for k in group_by) or "all runs"
+        name = ", ".join(str(run.settings.get(k)) for k in group_by) or "all runs"  # header names the keys
         groups.setdefault(name, []).append(run)
     metrics = list(dict.fromkeys(m for run in runs for flat in run.by_cycle.values() for m in flat))
     rows = []
