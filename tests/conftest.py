@@ -28,6 +28,7 @@ TINY = [
     "wandb.mode=disabled",
     "progress=false",
     "device=cpu",
+    "plots=false",  # drawn and checked once, in test_end_to_end
 ]
 
 

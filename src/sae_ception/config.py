@@ -97,6 +97,7 @@ class Settings:
     progress: bool = True  # tqdm progress bars
     eval_batch_size: int = 1024
     eval_cycle: Optional[int] = None  # scripts/evaluate.py: only this cycle (null: every evaluable cycle)
+    plots: bool = True  # write PNG plots (and send them to wandb) at the end of a run
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

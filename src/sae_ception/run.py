@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Settings that may change between invocations on one run folder without invalidating what it holds.
 RESUME_NEUTRAL = {
     ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",),
-    ("eval_batch_size",), ("eval_cycle",), ("inputs",), ("cycle", "max_cycles"), ("cycle", "current"),
+    ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("cycle", "max_cycles"), ("cycle", "current"),
 }
 
 

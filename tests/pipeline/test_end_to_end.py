@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    results = run_in_process(run_cycles, run_dir, ["cycle.max_cycles=2"])
+    results = run_in_process(run_cycles, run_dir, ["cycle.max_cycles=2", "plots=true"])
     return run_dir, results
 
 

@@ -50,10 +50,11 @@ def report(ctx: RunContext, results: list[dict]) -> None:
     if ctx.accelerator.is_main_process:
         every_cycle = read_all_results(ctx)
         write_text(ctx.layout.root / "results" / "summary.csv", summary_csv(every_cycle))
-        plots = write_plots(ctx, every_cycle)
+        plots = write_plots(ctx, every_cycle) if ctx.cfg.plots else []
         if ctx.tracker is not None:
             ctx.tracker.log_summary(every_cycle, plots)
-        log.info("plots: %s", ctx.layout.plots())
+        if plots:
+            log.info("plots: %s", ctx.layout.plots())
     log.info("results across cycles (%s split; change = cycle %d -> %d):\n%s", results[0]["split"],
              results[0]["cycle"], results[-1]["cycle"], format_table(results))
 
