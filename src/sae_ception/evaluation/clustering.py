@@ -27,7 +27,7 @@ def clustering_metrics(
     """ARI of k-means (k = classes present) against the labels; silhouette with the labels and with the
     k-means clusters; Davies-Bouldin and Calinski-Harabasz of the labels' partition. NaN where undefined
     (fewer than two classes, or every example at the same point)."""
-    x = features_NF.detach().double().cpu().numpy()
+    x = features_NF.detach().float().cpu().numpy()  # float32: half the memory traffic of float64
     y = labels_N.cpu().numpy()
     k = len(np.unique(y))
     n = len(y)
