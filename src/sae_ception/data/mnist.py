@@ -1,7 +1,6 @@
 """MNIST from the Hugging Face hub, or from local IDX files so runs work offline (e.g. a torchvision download)."""
 
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
