@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from sae_ception.evaluation.clustering import clustering_metrics
+from sklearn.metrics import calinski_harabasz_score
+
+from sae_ception.evaluation import clustering
+from sae_ception.evaluation.clustering import calinski_harabasz, clustering_metrics
 
 
 def test_well_separated_classes_are_recovered():
@@ -30,12 +33,34 @@ def test_hand_computed_silhouette_and_davies_bouldin():
     # DB: scatter 0.5 per cluster, centroid distance 10 -> (0.5 + 0.5) / 10
     assert m["davies_bouldin"] == pytest.approx(0.1)
     assert m["ari_kmeans"] == pytest.approx(1.0)
+    # CH: overall mean 5.5, class means 0.5 and 10.5: B = Σ n_k‖μ_k − μ‖² = 2·25 + 2·25 = 100; W = 4·0.25 = 1;
+    # (B / (k − 1)) / (W / (N − k)) = 100 / 0.5 = 200
+    assert m["calinski_harabasz"] == pytest.approx(200.0)
+
+
+def test_calinski_harabasz_matches_scikit_learn():
+    torch.manual_seed(0)
+    x, labels = torch.randn(300, 7), torch.randint(0, 4, (300,)) * 3  # non-contiguous label values
+    assert calinski_harabasz(x, labels) == pytest.approx(calinski_harabasz_score(x.numpy(), labels.numpy()), rel=1e-9)
+    assert calinski_harabasz(torch.ones(6, 2), torch.tensor([0, 0, 1, 1, 2, 2])) == 1.0
+
+
+def test_sparse_codes_give_the_same_indices_as_dense(monkeypatch):
+    torch.manual_seed(0)
+    labels = torch.arange(400) % 4
+    codes = torch.relu(torch.randn(400, 64) - 2.0) + 3.0 * torch.nn.functional.one_hot(labels * 5, 64)
+    assert (codes != 0).float().mean() < clustering.SPARSE_DENSITY  # takes the CSR path
+    sparse_result = clustering_metrics(codes, labels, seed=0)
+    monkeypatch.setattr(clustering, "SPARSE_DENSITY", 0.0)  # force the dense path
+    dense_result = clustering_metrics(codes, labels, seed=0)
+    assert sparse_result == pytest.approx(dense_result, rel=1e-4)
 
 
 def test_constant_codes_and_single_class_are_nan():
     constant = clustering_metrics(torch.ones(20, 5), torch.arange(20) % 2, seed=0)
+    never_firing = clustering_metrics(torch.zeros(20, 5), torch.arange(20) % 2, seed=0)
     one_class = clustering_metrics(torch.randn(20, 5), torch.zeros(20, dtype=torch.long), seed=0)
-    for m in (constant, one_class):
+    for m in (constant, never_firing, one_class):
         assert all(math.isnan(m[key]) for key in ("ari_kmeans", "silhouette_labels", "davies_bouldin", "calinski_harabasz"))
 
 
