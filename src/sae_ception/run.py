@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from sae_ception.config import Config
 from sae_ception.data import DataSplits, load_splits
 from sae_ception.errors import ConfigError
+from sae_ception.models import MODELS
 from sae_ception.utils.io import checkpoint_exists, write_text
 from sae_ception.utils.seeding import stage_seed
 from sae_ception.utils.tracking import Tracker
@@ -43,7 +44,8 @@ class RunLayout:
         return self.root / "checkpoints" / f"sae_cycle_{cycle}"
 
     def activations(self, cycle: int) -> Path:
-        return self.root / "activations" / f"cycle_{cycle}.safetensors"
+        """A folder of memory-mapped .npy arrays (see activations.py)."""
+        return self.root / "activations" / f"cycle_{cycle}"
 
     def results(self, cycle: int) -> Path:
         return self.root / "results" / f"cycle_{cycle}.json"
@@ -114,7 +116,12 @@ class RunContext:
 
     @cached_property
     def splits(self) -> DataSplits:
-        return load_splits(self.cfg.dataset, seed=stage_seed(self.cfg.seed, 0, "data"))
+        """The dataset's splits as this model's inputs (text is tokenised once and cached in the run folder)."""
+        splits = load_splits(self.cfg.dataset, seed=stage_seed(self.cfg.seed, 0, "data"))
+        return MODELS.get(self.cfg.model.name).prepare_splits(
+            self.cfg.model, self.cfg.dataset, splits, cache_dir=self.layout.root / "cache",
+            write_cache=self.accelerator.is_main_process,
+        )
 
     def seed_for(self, cycle: int, stage: str) -> int:
         return stage_seed(self.cfg.seed, cycle, stage)
@@ -134,7 +141,7 @@ class RunContext:
 
     def remove_stale_temporaries(self) -> None:
         """Delete what a killed writer left behind (`.name.*.tmp`, `.name.old`); finished artifacts never match."""
-        folders = [self.layout.root] + [self.layout.root / sub for sub in ("checkpoints", "activations", "results")]
+        folders = [self.layout.root] + [self.layout.root / sub for sub in ("checkpoints", "activations", "results", "cache")]
         for path in (p for folder in folders for pattern in (".*.tmp", ".*.old") for p in folder.glob(pattern)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

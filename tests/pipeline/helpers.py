@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from sae_ception.cli import run_task
-from tests.conftest import compose_cfg
+from tests.conftest import TINY, compose_cfg
 
 
-def run_in_process(task, run_dir: Path, overrides: list[str] = (), preflight=None):
-    return run_task(compose_cfg(run_dir, list(overrides)), task, preflight)
+def run_in_process(task, run_dir: Path, overrides: list[str] = (), preflight=None, base: list[str] = TINY):
+    return run_task(compose_cfg(run_dir, list(overrides), base), task, preflight)
 
 
 def final_metrics(run_dir: Path) -> dict:

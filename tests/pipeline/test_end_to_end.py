@@ -27,7 +27,7 @@ def test_every_artifact_is_written(finished_run):
         for name in ("weights.safetensors", "config.json"):
             assert (run_dir / "checkpoints" / f"model_cycle_{cycle}" / name).is_file()
             assert (run_dir / "checkpoints" / f"sae_cycle_{cycle}" / name).is_file()
-        assert (run_dir / "activations" / f"cycle_{cycle}.safetensors").is_file()
+        assert (run_dir / "activations" / f"cycle_{cycle}" / "train.acts.npy").is_file()
         assert (run_dir / "results" / f"cycle_{cycle}.json").is_file()
     assert not (run_dir / "checkpoints" / "model_cycle_3").exists()
     for name in ("performance", "sae", "monosemanticity_sae", "clustering_sae", "probe", "sae_latent_csi_u_histograms", "sae_codes_pca"):

@@ -8,7 +8,7 @@ from sae_ception.data import Split
 from sae_ception.errors import ConfigError
 from sae_ception.models import build_model
 from sae_ception.models.mlp import MLPConfig
-from sae_ception.training.classifier import AuxiliaryTargets, ClassifierSchedule, select_trainable, train_classifier
+from sae_ception.training.classifier import AuxiliaryTargets, ClassifierSchedule, select_trainable, train_classifier, trainable_names
 
 
 def tiny_problem():
@@ -54,7 +54,7 @@ def test_aux_loss_pulls_activations_towards_targets():
 
 def test_unknown_prefix_names_the_valid_ones():
     model, _ = tiny_problem()
-    with pytest.raises(ConfigError, match=r"cycle.trainable=\['blocks.9'\].*valid: all, blocks.0.0, blocks.1.0, head"):
+    with pytest.raises(ConfigError, match=r"cycle.trainable=\['blocks.9'\].*valid: all, from_target, or module names \(blocks.0.0, blocks.1.0, head\)"):
         select_trainable(model, ["blocks.9"])
 
 
@@ -62,3 +62,8 @@ def test_a_prefix_names_whole_modules_only():
     model = build_model(MLPConfig(hidden_sizes=[4] * 11), input_dim=3, num_classes=2)
     select_trainable(model, ["blocks.1"])
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"blocks.1.0.weight", "blocks.1.0.bias"}
+
+
+def test_from_target_freezes_the_blocks_below_the_target_layer_of_an_mlp():
+    model, _ = tiny_problem()  # two hidden blocks, the target is the last
+    assert trainable_names(model, ["from_target"]) == {"blocks.1.0.weight", "blocks.1.0.bias", "head.weight", "head.bias"}

@@ -2,7 +2,7 @@
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -41,9 +41,10 @@ class DatasetConfig:
 
 @dataclass
 class Split:
-    """One split, ready for training: x float32 (N, features) in [0, 1], y int64 (N,)."""
+    """One split: y int64 (N,); x is float32 (N, features) in [0, 1] for images, a list of N strings for
+    raw text, or a dict of (N, L) token tensors once a model's tokenizer has read the text."""
 
-    x: torch.Tensor
+    x: Union[torch.Tensor, list[str], dict[str, torch.Tensor]]
     y: torch.Tensor
 
     def __len__(self) -> int:
@@ -56,8 +57,17 @@ class DataSplits:
     val: Split
     test: Split
     num_classes: int
-    input_shape: tuple[int, ...]  # one example before flattening, e.g. (28, 28), so inputs can be drawn
+    input_shape: tuple[int, ...]  # one example before flattening, e.g. (28, 28); () for text
     source: str  # where the data came from and how it was split, for logs and reports
+
+    @property
+    def is_text(self) -> bool:
+        return not isinstance(self.train.x, torch.Tensor)
+
+    @property
+    def input_dim(self) -> int:
+        """Features per example for models that read a flat vector (0 for text)."""
+        return 0 if self.is_text else int(self.train.x[0].numel())
 
 
 class ImageDataset:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from sklearn.metrics import f1_score
 
-from sae_ception.models import Classifier, replace_output
+from sae_ception.models import Classifier
+from sae_ception.utils.batching import Inputs, sequential_batches, to_device
 
 
 def f1_scores(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
@@ -26,15 +27,17 @@ def accuracy_and_loss(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[s
 
 
 @torch.no_grad()
-def spliced_logits(model: Classifier, sae, x: torch.Tensor, accelerator: Accelerator, batch_size: int) -> torch.Tensor:
-    """Logits when the target layer's output is replaced by the SAE's reconstruction of it."""
+def spliced_logits(model: Classifier, sae, x: Inputs, accelerator: Accelerator, batch_size: int,
+                   token_level: bool = False) -> torch.Tensor:
+    """Logits when the target activation (per example, or every token's for a token-level SAE) is
+    replaced by the SAE's reconstruction of it."""
     model = model.to(accelerator.device).eval()
     sae = sae.to(accelerator.device).eval()
     out = []
-    with replace_output(model.target_module(), lambda acts: sae.decode(sae.encode(acts.float())).to(acts.dtype)):
-        for xb in x.split(batch_size):
+    with model.splice_target(lambda acts: sae.decode(sae.encode(acts.float())).to(acts.dtype), token_level):
+        for xb in sequential_batches(x, batch_size):
             with accelerator.autocast():
-                out.append(model(xb.to(accelerator.device)).float().cpu())
+                out.append(model(to_device(xb, accelerator.device)).float().cpu())
     return torch.cat(out)
 
 

@@ -1,6 +1,6 @@
 """Classifiers behind a registry keyed by `model.name`; checkpoints record what built them."""
 
-from sae_ception.models import mlp  # noqa: F401  (registers the MLP)
+from sae_ception.models import mlp, transformer  # noqa: F401  (register the classifiers)
 from sae_ception.models.base import MODELS, Classifier, ModelConfig
 from sae_ception.models.checkpoint import build_model, load_model, save_model
 from sae_ception.models.hooks import capture_output, replace_output

@@ -12,8 +12,9 @@ from sae_ception.models.base import MODELS, Classifier, ModelConfig
 from sae_ception.utils.io import load_checkpoint, load_state_strict, save_checkpoint
 
 
-def build_model(cfg: ModelConfig, input_dim: int, num_classes: int) -> Classifier:
-    return MODELS.get(cfg.name)(cfg, input_dim=input_dim, num_classes=num_classes)
+def build_model(cfg: ModelConfig, input_dim: int, num_classes: int, pretrained_weights: bool = True) -> Classifier:
+    """A fresh classifier; `pretrained_weights=False` skips reading pretrained files (a checkpoint follows)."""
+    return MODELS.get(cfg.name)(cfg, input_dim=input_dim, num_classes=num_classes, pretrained_weights=pretrained_weights)
 
 
 def save_model(model: Classifier, directory: str | Path, extra: dict | None = None) -> Path:

@@ -39,7 +39,7 @@ class MLPConfig(ModelConfig):
 class MLPClassifier(Classifier):
     config_class = MLPConfig
 
-    def __init__(self, cfg: MLPConfig, input_dim: int, num_classes: int):
+    def __init__(self, cfg: MLPConfig, input_dim: int, num_classes: int, pretrained_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         self.input_dim = input_dim
@@ -50,7 +50,6 @@ class MLPClassifier(Classifier):
             for d_in, d_out in zip(widths[:-1], widths[1:])
         )
         self.head = nn.Linear(widths[-1], num_classes)
-        self._target_index = cfg.target_layer % len(cfg.hidden_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.flatten(1)
@@ -58,11 +57,15 @@ class MLPClassifier(Classifier):
             h = block(h)
         return self.head(h)
 
-    def target_module(self) -> nn.Module:
-        return self.blocks[self._target_index]
+    def block_list(self) -> nn.ModuleList:
+        return self.blocks
 
-    def target_width(self) -> int:
-        return self.cfg.target_width()
+    @classmethod
+    def prepare_splits(cls, model_cfg, dataset_cfg, splits, cache_dir=None, write_cache: bool = True):
+        if splits.is_text:
+            raise ConfigError(f"model.name=mlp reads feature vectors but dataset={dataset_cfg.name} is text; "
+                              "use a transformer model (model=minilm, gpt2_small, pythia_70m, ...)")
+        return splits
 
     def build_meta(self) -> dict:
         return {"input_dim": self.input_dim, "num_classes": self.num_classes}

@@ -39,6 +39,7 @@ class SAEConfig:
     grad_clip: Optional[float] = 1.0  # max global gradient norm; None or <= 0 disables clipping
     dead_after_examples: int = 10000  # a latent silent for this many training examples counts as dead
     log_every: int = 10  # optimiser steps between log callbacks
+    token_level: bool = False  # transformers: train on every non-padding token's activation, not the pooled one
 
     def __post_init__(self) -> None:
         check_setting(self.d_sae is None or self.d_sae > 0, "d_sae", self.d_sae,

@@ -17,9 +17,11 @@ from sae_ception.utils.io import checkpoint_exists, load_checkpoint
 log = logging.getLogger(__name__)
 
 
-def new_model(ctx: RunContext) -> Classifier:
+def new_model(ctx: RunContext, pretrained_weights: bool = True) -> Classifier:
+    """Model of the configured architecture; without pretrained weights when a checkpoint is loaded next."""
     splits = ctx.splits
-    return build_model(ctx.cfg.model, input_dim=splits.train.x[0].numel(), num_classes=splits.num_classes)
+    return build_model(ctx.cfg.model, input_dim=splits.input_dim, num_classes=splits.num_classes,
+                       pretrained_weights=pretrained_weights)
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -45,7 +47,7 @@ def require_model(ctx: RunContext, cycle: int, setting: str = "cycle.current") -
     explicit = _explicit(ctx, ctx.cfg.inputs.model, cycle)
     if explicit:
         _check_source(explicit, ctx.layout.model(cycle), "inputs.model")
-        load_model(explicit, new_model(ctx), setting="inputs.model")
+        load_model(explicit, new_model(ctx, pretrained_weights=False), setting="inputs.model")
     elif not checkpoint_exists(ctx.layout.model(cycle)):
         have = ctx.layout.model_cycles()
         raise ArtifactError(
@@ -88,12 +90,12 @@ def model_for_cycle(ctx: RunContext, cycle: int) -> Classifier:
     target, explicit = ctx.layout.model(cycle), _explicit(ctx, ctx.cfg.inputs.model, cycle)
     if explicit:
         def save() -> None:
-            model = new_model(ctx)
+            model = new_model(ctx, pretrained_weights=False)
             load_model(explicit, model, setting="inputs.model")
             save_model(model, target, extra={"imported_from": str(explicit.resolve())})
 
         _import_once(ctx, target, save, f"inputs.model={explicit}")
-    model = new_model(ctx)
+    model = new_model(ctx, pretrained_weights=False)
     load_model(target, model, setting=f"checkpoint of cycle {cycle}")
     return model
 

@@ -29,8 +29,7 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
     targets_ND = build_sharpener(cfg.sharpening).make_targets(sae, train_acts.acts_ND, train_acts.labels_N, generator)
 
     generator = seed_everything(ctx.seed_for(cycle, "auxiliary"))
-    schedule = ClassifierSchedule(cfg.cycle.epochs, cfg.model.batch_size, cfg.cycle.lr or cfg.model.lr,
-                                  cfg.model.weight_decay, cfg.cycle.keep_best)
+    schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.cycle.epochs, cfg.cycle.lr or cfg.model.lr, cfg.cycle.keep_best)
     steps_per_run = schedule.epochs * num_batches(len(train_acts.labels_N), schedule.batch_size)
     log.info("cycle %d: auxiliary training (%s sharpening, top %.3g%%, weight %g) for %d epochs", cycle,
              cfg.sharpening.type, cfg.sharpening.top_k_pct, cfg.cycle.aux_loss_weight, schedule.epochs)

@@ -25,7 +25,7 @@ def run_baseline(ctx: RunContext) -> Path:
         return target
     generator = seed_everything(ctx.seed_for(0, "baseline"))
     model = new_model(ctx)
-    schedule = ClassifierSchedule(cfg.model.epochs, cfg.model.batch_size, cfg.model.lr, cfg.model.weight_decay, cfg.model.keep_best)
+    schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.model.epochs, cfg.model.lr, cfg.model.keep_best)
     log.info("baseline: training %s on %d examples for %d epochs", cfg.model.name, len(ctx.splits.train.y), schedule.epochs)
     model, info = train_classifier(
         model, ctx.splits.train, ctx.splits.val, schedule,

@@ -61,10 +61,10 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
     metrics = {
         "performance": performance_metrics(
             held_out.logits_NC,
-            spliced_logits(model, sae, split.x, ctx.accelerator, ctx.cfg.eval_batch_size),
+            spliced_logits(model, sae, split.x, ctx.accelerator, ctx.cfg.eval_batch_size, ctx.cfg.sae.token_level),
             held_out.labels_N,
         ),
-        "sae": sae_quality(sae, held_out.acts_ND.to(ctx.accelerator.device)),
+        "sae": sae_quality(sae, held_out.sae_rows(ctx.cfg.sae.token_level).to(ctx.accelerator.device)),
         **families,
     }
     results = {

@@ -24,12 +24,13 @@ def run_sae(ctx: RunContext, cycle: int) -> Path:
     if checkpoint_exists(target):
         log.info("cycle %d: found %s, skipping SAE training (resume)", cycle, target)
         return target
-    acts = activations_for_cycle(ctx, cycle)["train"].acts_ND
+    acts = activations_for_cycle(ctx, cycle)["train"].sae_rows(cfg.sae.token_level)
     seed = ctx.seed_for(cycle, "sae")
     seed_everything(seed)
     sae = build_sae(cfg.sae, d_in=acts.shape[1])
     steps_per_run = cfg.sae.epochs * num_batches(len(acts), cfg.sae.batch_size)  # one x-axis across cycles
-    log.info("cycle %d: training a %s SAE %d -> %d on %d activations", cycle, cfg.sae.type, sae.d_in, sae.d_sae, len(acts))
+    log.info("cycle %d: training a %s SAE %d -> %d on %d %s activations", cycle, cfg.sae.type, sae.d_in, sae.d_sae,
+             len(acts), "token" if cfg.sae.token_level else "per-example")
     stats = train_sae(sae, acts, cfg.sae, accelerator=ctx.accelerator, seed=seed,
                       log_fn=ctx.log_fn("sae", step_offset=cycle * steps_per_run), show_progress=cfg.progress)
     if ctx.accelerator.is_main_process:

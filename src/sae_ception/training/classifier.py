@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -14,9 +14,11 @@ from tqdm.auto import tqdm
 
 from sae_ception.data import Split
 from sae_ception.errors import ConfigError
-from sae_ception.models import Classifier, capture_output
+from transformers import get_scheduler
+
+from sae_ception.models import Classifier
 from sae_ception.training.auxiliary_loss import cosine_alignment_loss
-from sae_ception.utils.batching import num_batches, shuffled_batches
+from sae_ception.utils.batching import num_batches, sequential_batches, shuffled_batches, take, to_device
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class ClassifierSchedule:
     epochs: int
-    batch_size: int
+    batch_size: int  # examples per optimiser step
     lr: float
     weight_decay: float = 0.0
     keep_best: bool = True
+    lr_schedule: str = "constant"  # constant | linear | cosine (transformers' schedulers), after warmup
+    warmup_ratio: float = 0.0
+    max_grad_norm: Optional[float] = None
+    gradient_accumulation_steps: int = 1
+
+    @classmethod
+    def from_model_config(cls, model_cfg, epochs: int, lr: float, keep_best: bool) -> "ClassifierSchedule":
+        return cls(epochs, model_cfg.batch_size, lr, model_cfg.weight_decay, keep_best, model_cfg.lr_schedule,
+                   model_cfg.warmup_ratio, model_cfg.max_grad_norm, model_cfg.gradient_accumulation_steps)
 
 
 @dataclass
@@ -39,10 +50,14 @@ class AuxiliaryTargets:
 
 
 def trainable_names(model: Classifier, prefixes: list[str]) -> set[str]:
-    """`["all"]` names every parameter; else those inside the named modules (`blocks.0` is not `blocks.10`)."""
+    """`["all"]` names every parameter; `["from_target"]` all but the embeddings and the blocks below the
+    target layer (the reference's auxiliary setting); else those inside the named modules
+    (`blocks.0` is not `blocks.10`)."""
     names = [name for name, _ in model.named_parameters()]
     if list(prefixes) == ["all"]:
         return set(names)
+    if list(prefixes) == ["from_target"]:
+        return set(names) - model.names_below_target()
 
     def inside(name: str, prefix: str) -> bool:
         return name == prefix or name.startswith(prefix + ".")
@@ -50,7 +65,9 @@ def trainable_names(model: Classifier, prefixes: list[str]) -> set[str]:
     unmatched = [p for p in prefixes if not any(inside(name, p) for name in names)]
     if unmatched:
         modules = sorted({name.rsplit(".", 1)[0] for name in names})
-        raise ConfigError(f"cycle.trainable={list(prefixes)}: {unmatched} match no parameter; valid: all, {', '.join(modules)}")
+        shown = modules if len(modules) <= 12 else modules[:12] + ["..."]
+        raise ConfigError(f"cycle.trainable={list(prefixes)}: {unmatched} match no parameter; valid: all, from_target, "
+                          f"or module names ({', '.join(shown)})")
     return {name for name in names if any(inside(name, p) for p in prefixes)}
 
 
@@ -66,13 +83,26 @@ def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Pa
 def evaluate_classifier(model: Classifier, split: Split, accelerator: Accelerator, batch_size: int) -> dict[str, float]:
     model.eval()
     correct, loss_sum = 0, 0.0
-    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size)):
-        logits = model(x.to(accelerator.device)).float()
+    for x, y in zip(sequential_batches(split.x, batch_size), split.y.split(batch_size)):
+        with accelerator.autocast():
+            logits = model(to_device(x, accelerator.device)).float()
         y = y.to(accelerator.device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
     n = max(len(split.y), 1)
     return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def _forward_losses(model, raw_model: Classifier, x, y, idx, targets_ND, aux: Optional[AuxiliaryTargets], device,
+                    accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Task loss (and the auxiliary cosine loss against the examples' sharpened targets) of one micro-batch."""
+    with raw_model.capture_target() as captured, accelerator.autocast():
+        logits = model(to_device(x, device))
+        task_loss = F.cross_entropy(logits.float(), y.to(device))
+        if aux is None:
+            return {"task_loss": task_loss, "loss": task_loss}
+        aux_loss = cosine_alignment_loss(captured.acts.float(), targets_ND[idx.to(device)])
+        return {"task_loss": task_loss, "aux_loss": aux_loss, "loss": task_loss + aux.weight * aux_loss}
 
 
 def train_classifier(
@@ -90,14 +120,19 @@ def train_classifier(
     show_progress: bool = True,
     eval_batch_size: int = 1024,
 ) -> tuple[Classifier, dict]:
-    """Adam over the chosen parameters; returns the best-by-validation (or last) model and a history."""
+    """AdamW over the chosen parameters, with LR warmup and decay, gradient accumulation and clipping;
+    returns the best-by-validation (or last) model and a history."""
     params = select_trainable(model, list(trainable))
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size, accelerator.num_processes)
+    total_steps = max(1, steps_per_epoch * schedule.epochs)
+    scheduler = get_scheduler(schedule.lr_schedule, optimizer, num_warmup_steps=int(schedule.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     device = accelerator.device
     targets_ND = aux.targets_ND.to(device) if aux is not None else None
-    n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size, accelerator.num_processes)
+    micro_size = schedule.batch_size // schedule.gradient_accumulation_steps
 
     keep_best = schedule.keep_best and len(val.y) > 0  # with no validation data, keep the last epoch
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
@@ -108,19 +143,22 @@ def train_classifier(
         model.train()
         epoch_sums: dict[str, torch.Tensor] = {}  # summed on the device; one host sync per epoch
         for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes):
-            x, y = train.x[idx].to(device), train.y[idx].to(device)
-            with capture_output(raw_model.target_module()) as captured, accelerator.autocast():
-                logits = model(x)
-                task_loss = F.cross_entropy(logits.float(), y)
-                losses = {"task_loss": task_loss}
-                if aux is not None:
-                    losses["aux_loss"] = cosine_alignment_loss(captured["acts"], targets_ND[idx.to(device)])
-                    loss = task_loss + aux.weight * losses["aux_loss"]
-                else:
-                    loss = task_loss
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            micro_batches = idx.split(micro_size)
+            losses = {}
+            for position, micro_idx in enumerate(micro_batches):
+                share = len(micro_idx) / len(idx)  # each micro-batch's part of the step's mean loss
+                syncing = position == len(micro_batches) - 1
+                with (contextlib.nullcontext() if syncing else accelerator.no_sync(model)):
+                    micro_losses = _forward_losses(model, raw_model, take(train.x, micro_idx), train.y[micro_idx],
+                                                   micro_idx, targets_ND, aux, device, accelerator)
+                    accelerator.backward(micro_losses["loss"] * share)
+                losses = {k: losses.get(k, 0.0) + v.detach() * share for k, v in micro_losses.items()}
+            if schedule.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(params, schedule.max_grad_norm)
             optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = losses.pop("loss")
             step += 1
             epoch_sums = {k: epoch_sums.get(k, 0.0) + v.detach() for k, v in losses.items()}
             if log_fn is not None and (step % 10 == 0 or step == steps_per_epoch * schedule.epochs):
@@ -132,7 +170,7 @@ def train_classifier(
         if log_fn is not None:
             log_fn({f"val_{k}": v for k, v in val_metrics.items()} | {"epoch": epoch}, step)
         if keep_best and val_metrics["accuracy"] > best["val_accuracy"]:
-            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "state": copy.deepcopy(raw_model.state_dict())}
+            best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}}
     bar.close()
 
     model = accelerator.unwrap_model(model)
