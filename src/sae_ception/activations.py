@@ -20,7 +20,7 @@ from accelerate import Accelerator
 
 from sae_ception.data import DataSplits
 from sae_ception.models import Classifier
-from sae_ception.utils.batching import Inputs, num_rows, sequential_batches, to_device
+from sae_ception.utils.batching import Inputs, example_lengths, inference_batches, num_rows, to_device
 from sae_ception.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -48,27 +48,32 @@ def collect_split(model: Classifier, inputs: Inputs, folder: Path, name: str, ac
     model.eval()
     n, width = num_rows(inputs), model.target_width()
     acts = np.lib.format.open_memmap(folder / f"{name}.acts.npy", mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(n, width))
-    token_rows = None
+    token_rows, starts = None, None
     if tokens:
-        total = int(inputs["attention_mask"].sum())
+        lengths = example_lengths(inputs)
+        starts = (torch.cumsum(lengths, 0) - lengths).tolist()  # example i's tokens start here (data order)
         token_rows = np.lib.format.open_memmap(folder / f"{name}.tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype],
-                                               shape=(total, width))
-    logits, row, token_row = [], 0, 0
+                                               shape=(int(lengths.sum()), width))
+    logits_NC = None
     with model.capture_target() as captured:
-        for batch in sequential_batches(inputs, batch_size):
+        for rows, batch in inference_batches(inputs, batch_size):
             with accelerator.autocast():
-                logits.append(model(to_device(batch, accelerator.device)).float().cpu())
-            batch_acts = captured.acts.float().cpu().numpy()
-            acts[row:row + len(batch_acts)] = batch_acts
-            row += len(batch_acts)
+                logits = model(to_device(batch, accelerator.device)).float().cpu()
+            if logits_NC is None:
+                logits_NC = torch.empty(n, logits.shape[1])
+            logits_NC[rows] = logits
+            acts[rows.numpy()] = captured.acts.float().cpu().numpy()
             if token_rows is not None:
-                batch_tokens = captured.tokens.float().cpu().numpy()
-                token_rows[token_row:token_row + len(batch_tokens)] = batch_tokens
-                token_row += len(batch_tokens)
+                batch_tokens = captured.tokens.float().cpu().numpy()  # row-major: example by example
+                offset = 0
+                for row, length in zip(rows.tolist(), batch["attention_mask"].sum(1).tolist()):
+                    token_rows[starts[row]:starts[row] + length] = batch_tokens[offset:offset + length]
+                    offset += length
     acts.flush()
     if token_rows is not None:
         token_rows.flush()
-    logits_NC = torch.cat(logits) if logits else torch.zeros(0, getattr(model, "num_classes", 0))
+    if logits_NC is None:
+        logits_NC = torch.zeros(0, getattr(model, "num_classes", 0))
     np.save(folder / f"{name}.logits.npy", logits_NC.numpy())
 
 

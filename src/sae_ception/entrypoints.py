@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import torch
+
 from sae_ception.run import RunContext
 from sae_ception.errors import ConfigError
 from sae_ception.stages.artifacts import new_model, require_model, require_sae
@@ -27,8 +29,13 @@ def _current(ctx: RunContext) -> int:
 
 
 def _check_trainable(ctx: RunContext) -> None:
-    """A typo in cycle.trainable must stop the run now, not after the baseline and the first SAE."""
-    trainable_names(new_model(ctx), list(ctx.cfg.cycle.trainable))
+    """A typo in cycle.trainable must stop the run now, not after the baseline and the first SAE.
+    Only parameter names matter, so the model is built on the meta device (no memory, no weights read)."""
+    if list(ctx.cfg.cycle.trainable) == ["all"]:
+        return
+    with torch.device("meta"):
+        model = new_model(ctx, pretrained_weights=False)
+    trainable_names(model, list(ctx.cfg.cycle.trainable))
 
 
 def _cycle_preflight(ctx: RunContext) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 from accelerate import Accelerator
@@ -113,6 +115,22 @@ class RunContext:
         self.accelerator = accelerator
         self.tracker = tracker
         self.activation_cache: dict[int, Any] = {}
+        self.timings: list[dict] = []  # seconds per stage and cycle in this invocation (nested stages excluded)
+        self._timer_stack: list[list[float]] = []
+
+    @contextlib.contextmanager
+    def timed(self, stage: str, cycle: int) -> Iterator[None]:
+        """Record the wall-clock seconds of a stage, minus those of stages timed inside it."""
+        started = time.perf_counter()
+        self._timer_stack.append([0.0])
+        try:
+            yield
+        finally:
+            inner = self._timer_stack.pop()[0]
+            seconds = time.perf_counter() - started
+            if self._timer_stack:
+                self._timer_stack[-1][0] += seconds
+            self.timings.append({"stage": stage, "cycle": cycle, "seconds": round(seconds - inner, 3)})
 
     @cached_property
     def splits(self) -> DataSplits:

@@ -19,9 +19,9 @@ def final_metrics(run_dir: Path) -> dict:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Hash of every file except logs (which a rerun appends to)."""
+    """Hash of every file except logs (which a rerun appends to) and timings (of the latest invocation)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.suffix != ".log"
+        if p.is_file() and p.suffix != ".log" and p.name != "timings.json"
     }

@@ -51,6 +51,12 @@ def test_token_level_sae_trains_on_every_real_token(minilm, tmp_path, caplog):
 
     assert len(tokens) == int(load_file(cached)["train.attention_mask"].sum()) > len(per_example)
     assert any(f"on {len(tokens)} token activations" in r.getMessage() for r in caplog.records)
+    # MiniLM pools by the mean: each example's token rows (stored in data order) average to its pooled row
+    lengths = load_file(cached)["train.attention_mask"].sum(1).tolist()
+    starts = np.cumsum([0] + lengths[:-1])
+    for i in (0, 1, len(lengths) - 1):
+        mean = tokens[starts[i]:starts[i] + lengths[i]].astype(np.float32).mean(0)
+        np.testing.assert_allclose(mean, per_example[i].astype(np.float32), atol=2e-2, rtol=2e-2)
     assert (run_dir / "results" / "cycle_0.json").is_file()
 
 

@@ -33,6 +33,7 @@ class ModelConfig:
     warmup_ratio: float = 0.0  # fraction of the optimiser steps spent ramping the LR up from 0
     max_grad_norm: Optional[float] = None  # clip the global gradient norm (None: no clipping)
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size / this many examples per step
+    group_by_length: bool = False  # text: batches of similar-length examples (less padding), as HF's Trainer
 
     def __post_init__(self) -> None:
         if self.epochs < 0:

@@ -17,9 +17,10 @@ def activations_for_cycle(ctx: RunContext, cycle: int) -> dict[str, SplitActivat
     path = ctx.layout.activations(cycle)
     if not path.is_dir():
         if ctx.accelerator.is_main_process:
-            model = model_for_cycle(ctx, cycle)
-            collect_activations(model, ctx.splits, ctx.accelerator, ctx.cfg.eval_batch_size, path,
-                                dtype=ctx.cfg.activation_dtype, tokens=ctx.cfg.sae.token_level)
+            with ctx.timed("activations", cycle):
+                model = model_for_cycle(ctx, cycle)
+                collect_activations(model, ctx.splits, ctx.accelerator, ctx.cfg.eval_batch_size, path,
+                                    dtype=ctx.cfg.activation_dtype, tokens=ctx.cfg.sae.token_level)
         ctx.accelerator.wait_for_everyone()
     acts = load_activations(path)
     log.info("cycle %d: target-layer activations (%s) at %s", cycle,

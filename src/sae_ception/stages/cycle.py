@@ -12,7 +12,7 @@ from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.evaluate import run_evaluate
 from sae_ception.stages.sae import run_sae
-from sae_ception.utils.io import checkpoint_exists, load_tensors, read_json, write_text
+from sae_ception.utils.io import checkpoint_exists, load_tensors, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,21 @@ def run_cycles(ctx: RunContext) -> list[dict]:
     """Models current..max_cycles each get an SAE and an evaluation; all but the last get retrained."""
     first, last = ctx.cfg.cycle.current, ctx.cfg.cycle.max_cycles
     if first == 0:
-        run_baseline(ctx)
+        with ctx.timed("baseline", 0):
+            run_baseline(ctx)
     results = []
     for cycle in range(first, last + 1):
-        run_sae(ctx, cycle)
-        results.append(run_evaluate(ctx, cycle))
+        with ctx.timed("sae", cycle):
+            run_sae(ctx, cycle)
+        with ctx.timed("evaluate", cycle):
+            results.append(run_evaluate(ctx, cycle))
         if cycle < last:
-            run_auxiliary(ctx, cycle)
-    report(ctx, results)
+            with ctx.timed("auxiliary", cycle):
+                run_auxiliary(ctx, cycle)
+    with ctx.timed("report", last):
+        report(ctx, results)
+    if ctx.accelerator.is_main_process:
+        write_json(ctx.layout.root / "results" / "timings.json", ctx.timings)
     return results
 
 

@@ -18,7 +18,7 @@ from transformers import get_scheduler
 
 from sae_ception.models import Classifier
 from sae_ception.training.auxiliary_loss import cosine_alignment_loss
-from sae_ception.utils.batching import num_batches, sequential_batches, shuffled_batches, take, to_device
+from sae_ception.utils.batching import example_lengths, inference_batches, num_batches, shuffled_batches, take, to_device
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,13 @@ class ClassifierSchedule:
     warmup_ratio: float = 0.0
     max_grad_norm: Optional[float] = None
     gradient_accumulation_steps: int = 1
+    group_by_length: bool = False  # text: batch examples of similar length together (less padding)
 
     @classmethod
     def from_model_config(cls, model_cfg, epochs: int, lr: float, keep_best: bool) -> "ClassifierSchedule":
         return cls(epochs, model_cfg.batch_size, lr, model_cfg.weight_decay, keep_best, model_cfg.lr_schedule,
-                   model_cfg.warmup_ratio, model_cfg.max_grad_norm, model_cfg.gradient_accumulation_steps)
+                   model_cfg.warmup_ratio, model_cfg.max_grad_norm, model_cfg.gradient_accumulation_steps,
+                   model_cfg.group_by_length)
 
 
 @dataclass
@@ -83,10 +85,10 @@ def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Pa
 def evaluate_classifier(model: Classifier, split: Split, accelerator: Accelerator, batch_size: int) -> dict[str, float]:
     model.eval()
     correct, loss_sum = 0, 0.0
-    for x, y in zip(sequential_batches(split.x, batch_size), split.y.split(batch_size)):
+    for rows, x in inference_batches(split.x, batch_size):
         with accelerator.autocast():
             logits = model(to_device(x, accelerator.device)).float()
-        y = y.to(accelerator.device)
+        y = split.y[rows].to(accelerator.device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
     n = max(len(split.y), 1)
@@ -142,7 +144,8 @@ def train_classifier(
     for epoch in bar:
         model.train()
         epoch_sums: dict[str, torch.Tensor] = {}  # summed on the device; one host sync per epoch
-        for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes):
+        for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes,
+                                    lengths=example_lengths(train.x) if schedule.group_by_length else None):
             micro_batches = idx.split(micro_size)
             losses = {}
             for position, micro_idx in enumerate(micro_batches):

@@ -1,7 +1,7 @@
 """Mini-batches over in-memory inputs: shuffled row indices (seeded, sharded per process) and row selection
 that works the same for a feature matrix (MLP) and a dict of token tensors (transformers)."""
 
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import torch
 
@@ -9,13 +9,27 @@ Inputs = Union[torch.Tensor, dict[str, torch.Tensor]]  # one split's model input
 
 
 def shuffled_batches(
-    n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+    n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1,
+    lengths: Optional[torch.Tensor] = None, group_batches: int = 50,
 ) -> Iterator[torch.Tensor]:
-    """Yield index batches of one epoch. With several processes each takes its own equal-length shard."""
+    """Yield index batches of one epoch. With several processes each takes its own equal-length shard.
+
+    With `lengths` (tokens per example), examples are grouped by length the way Hugging Face's
+    `group_by_length` does: the shuffled order is cut into groups of `group_batches` batches, each group is
+    sorted by length and cut into batches, and the batches are shuffled. Batches then hold texts of
+    similar length, so little compute goes to padding, while the epoch stays randomly ordered."""
     perm = torch.randperm(n, generator=generator)
     if world_size > 1:
         perm = perm[: n - n % world_size][rank::world_size]
-    yield from perm.split(batch_size)
+    if lengths is None:
+        yield from perm.split(batch_size)
+        return
+    batches = []
+    for group in perm.split(batch_size * group_batches):
+        group = group[torch.argsort(lengths[group], descending=True, stable=True)]
+        batches += list(group.split(batch_size))
+    for position in torch.randperm(len(batches), generator=generator):
+        yield batches[position]
 
 
 def num_batches(n: int, batch_size: int, world_size: int = 1) -> int:
@@ -37,6 +51,21 @@ def num_rows(inputs: Inputs) -> int:
 
 
 def sequential_batches(inputs: Inputs, batch_size: int) -> Iterator[Inputs]:
-    """Consecutive batches in order (evaluation, activation collection)."""
+    """Consecutive batches in order."""
     for start in range(0, num_rows(inputs), batch_size):
         yield take(inputs, slice(start, start + batch_size))
+
+
+def example_lengths(inputs: Inputs) -> Optional[torch.Tensor]:
+    """Tokens per example for text inputs; None for feature vectors."""
+    return inputs["attention_mask"].sum(1) if isinstance(inputs, dict) else None
+
+
+def inference_batches(inputs: Inputs, batch_size: int) -> Iterator[tuple[torch.Tensor, Inputs]]:
+    """(row indices, batch) covering every row once, for passes without gradients. Text is visited
+    longest first, so each batch is padded only to similar lengths; callers put results back by row."""
+    lengths = example_lengths(inputs)
+    n = num_rows(inputs)
+    order = torch.arange(n) if lengths is None else torch.argsort(lengths, descending=True, stable=True)
+    for rows in order.split(batch_size):
+        yield rows, take(inputs, rows)
