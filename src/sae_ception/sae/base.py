@@ -70,6 +70,7 @@ class TrainingState:
 
     step: int = 0
     dead_F: Optional[Tensor] = None  # bool per latent: silent for `dead_after_examples` examples
+    any_dead: bool = True  # host-side hint, refreshed every few steps: False lets variants skip dead-latent work
 
 
 @dataclass
@@ -77,6 +78,8 @@ class SAEOutput:
     recon: Tensor  # reconstruction in the raw input space, [B, D]
     codes_BF: Tensor
     losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted terms + "total" (what is optimised)
+    fired_F: Optional[Tensor] = None  # bool per latent: fired on this batch (when the step computed it anyway)
+    l0: Optional[Tensor] = None  # mean non-zero codes per row (likewise)
 
 
 class SparseAutoencoder(nn.Module):
@@ -92,7 +95,7 @@ class SparseAutoencoder(nn.Module):
         W_dec_FD = torch.randn(self.d_sae, d_in)
         W_dec_FD /= W_dec_FD.norm(dim=-1, keepdim=True)
         self.W_dec_FD = nn.Parameter(W_dec_FD)
-        self.W_enc_DF = nn.Parameter(W_dec_FD.T.clone())  # tied init: each latent starts reading its own direction
+        self.W_enc_DF = nn.Parameter(W_dec_FD.T.contiguous())  # tied init: each latent starts reading its own direction
         self.b_enc_F = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec_D = nn.Parameter(torch.zeros(d_in))  # pre-encoder bias, subtracted before encoding
         self.register_buffer("norm_shift_D", torch.zeros(d_in))
@@ -130,9 +133,13 @@ class SparseAutoencoder(nn.Module):
             self.W_enc_DF.mul_(scale)
 
     def normalize(self, x_BD: Tensor) -> Tensor:
+        if self.cfg.normalize == "none":  # the buffers are the identity: skip two passes over the batch
+            return x_BD.to(self.norm_scale_D.dtype)
         return (x_BD.to(self.norm_scale_D.dtype) - self.norm_shift_D) / self.norm_scale_D
 
     def denormalize(self, x_BD: Tensor) -> Tensor:
+        if self.cfg.normalize == "none":
+            return x_BD
         return x_BD * self.norm_scale_D + self.norm_shift_D
 
     # --- encode / decode ----------------------------------------------------------------------------
@@ -168,6 +175,14 @@ class SparseAutoencoder(nn.Module):
             total = total + weight * losses[name]
         losses["total"] = total
         return SAEOutput(recon=self.denormalize(recon_norm_BD), codes_BF=codes_BF, losses=losses)
+
+    def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None) -> SAEOutput:
+        """One training batch: the losses, with every parameter's `.grad` set. This default runs autograd on
+        `forward`; variants override it with hand-written gradients that skip work autograd cannot know is
+        unneeded (tests check both give the same losses, gradients and codes)."""
+        out = self(x_BD, state)
+        out.losses["total"].backward()
+        return out
 
     def auxiliary_losses(self, *, x_norm_BD: Tensor, pre_BF: Tensor, codes_BF: Tensor, recon_norm_BD: Tensor,
                          state: Optional[TrainingState]) -> dict[str, Tensor]:

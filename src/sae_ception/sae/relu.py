@@ -6,7 +6,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.fast_grads import relu_loss_and_grads
 from sae_ception.sae.registry import SAE_TYPES
 
 
@@ -34,6 +35,9 @@ class ReluSAE(SparseAutoencoder):
 
     def activation(self, pre_BF: Tensor) -> Tensor:
         return F.relu(pre_BF)
+
+    def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None) -> SAEOutput:
+        return relu_loss_and_grads(self, x_BD, self.cfg.l1_weight(state.step if state is not None else None))
 
     def auxiliary_losses(self, *, codes_BF: Tensor, **_) -> dict[str, Tensor]:
         return {"l1": codes_BF.abs().sum(-1).mean()}

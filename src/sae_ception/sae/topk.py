@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_ception.errors import ConfigError
-from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.fast_grads import topk_loss_and_grads
 from sae_ception.sae.registry import SAE_TYPES
 
 
@@ -54,10 +55,16 @@ class TopKSAE(SparseAutoencoder):
     def activation(self, pre_BF: Tensor) -> Tensor:
         return keep_top_k(pre_BF, self.cfg.k)
 
+    def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None) -> SAEOutput:
+        """Hand-written gradients while no latent is dead; autograd (with the AuxK term) otherwise."""
+        if state is not None and state.any_dead:
+            return super().loss_and_grads(x_BD, state)
+        return topk_loss_and_grads(self, x_BD, self.cfg.k)
+
     def auxiliary_losses(self, *, x_norm_BD: Tensor, pre_BF: Tensor, recon_norm_BD: Tensor,
                          state: Optional[TrainingState], **_) -> dict[str, Tensor]:
         """AuxK: the top-aux_k dead latents reconstruct the main residual; normalised MSE, 0 if none is dead."""
-        if state is None or state.dead_F is None:
+        if state is None or state.dead_F is None or not state.any_dead:
             return {"aux": pre_BF.new_zeros(())}
         residual_BD = (x_norm_BD - recon_norm_BD).detach()
         dead_codes_BF = keep_top_k(pre_BF.masked_fill(~state.dead_F, float("-inf")), self.aux_k)

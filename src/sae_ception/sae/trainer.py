@@ -1,6 +1,9 @@
 """Train an SAE on cached activations: Adam with warmups and clipping, unit-norm decoder, dead-latent tracking.
 
-Everything per step stays on the device; the host only syncs when a log line is due.
+Each step asks the SAE for its losses and gradients (`loss_and_grads`: hand-written for ReLU and TopK,
+autograd otherwise), so the loop itself is the same for every variant and every stage. Everything per
+step stays on the device; the host syncs only when a log line is due and, on an accelerator every
+`DEAD_CHECK_EVERY` steps, to learn whether any latent is dead (variants skip dead-latent work while none is).
 """
 
 from typing import Callable, Optional
@@ -21,8 +24,10 @@ class FiringTracker:
         self.since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.dead_after = dead_after
 
-    def update(self, codes_BF: Tensor) -> None:
-        fired_F = (codes_BF.detach() != 0).any(0)
+    def update(self, codes_BF: Tensor, fired_F: Optional[Tensor] = None) -> None:
+        """`fired_F`: which latents fired, when the step already knows (saves a pass over the codes)."""
+        if fired_F is None:
+            fired_F = (codes_BF.detach() != 0).any(0)
         self.since_fired_F = torch.where(fired_F, 0, self.since_fired_F + codes_BF.shape[0])
 
     @property
@@ -35,8 +40,12 @@ def batch_metrics(out: SAEOutput, x_BD: Tensor) -> dict[str, Tensor]:
     x_BD = x_BD.float()
     err = (out.recon.float() - x_BD).pow(2).sum()
     spread = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    if out.l0 is not None:
+        l0 = out.l0.detach()
+    else:  # sign/abs/sum: three fast passes (count_nonzero and boolean sums are several times slower on CPU)
+        l0 = out.codes_BF.detach().sign().abs_().sum() / out.codes_BF.shape[0]
     return {**{k: v.detach().float() for k, v in out.losses.items()},
-            "l0": (out.codes_BF.detach() != 0).float().sum(-1).mean(),
+            "l0": l0,
             "explained_variance": 1 - err.detach() / spread}
 
 
@@ -48,14 +57,30 @@ def set_lr(optimizer, cfg: SAEConfig, step: int) -> float:
     return lr
 
 
-def optimise(loss: Tensor, sae: SparseAutoencoder, model, optimizer, accelerator: Accelerator, cfg: SAEConfig) -> None:
-    """One step that keeps decoder rows on the unit sphere: project the gradient, clip, step, renormalise."""
-    optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
+DEAD_CHECK_EVERY = 10  # steps between host reads of "is any latent dead?" on an accelerator (every step on CPU,
+#                        where reading a device value costs no synchronisation)
+
+
+def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused kernel where this torch and device have it (one pass over all parameters)."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(sae.parameters(), lr=lr)
+
+
+def optimise(sae: SparseAutoencoder, optimizer, accelerator: Accelerator, cfg: SAEConfig) -> None:
+    """One step on the gradients `loss_and_grads` set, keeping decoder rows on the unit sphere: average
+    across processes, project, clip, step, renormalise."""
+    params = [p for p in sae.parameters() if p.grad is not None]
+    if accelerator.num_processes > 1:  # hand-written gradients bypass DDP's hooks: average them here
+        for p in params:
+            p.grad = accelerator.reduce(p.grad, reduction="mean")
     sae.remove_parallel_decoder_grad_()
     if cfg.grad_clip is not None and cfg.grad_clip > 0:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     sae.normalize_decoder_()
 
 
@@ -71,23 +96,26 @@ def train_sae(
 ) -> dict:
     """Train `sae` in place; returns last-epoch means of the loss terms, L0 and EV, plus dead fraction and steps."""
     sae.set_normalization(acts_ND)
-    model, optimizer = accelerator.prepare(sae, torch.optim.Adam(sae.parameters(), lr=cfg.lr))
-    sae = accelerator.unwrap_model(model)
     device, generator = accelerator.device, torch.Generator().manual_seed(seed)
+    sae = sae.to(device)
+    optimizer = make_optimizer(sae, cfg.lr)
     tracker = FiringTracker(sae.d_sae, cfg.dead_after_examples, device)
     n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
     total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
     bar = tqdm(total=total_steps, desc="sae", disable=not show_progress, leave=False)
     step, epoch_sums, epoch_batches = 0, {}, 0
-    model.train()
+    sae.train()
+    any_dead, check_every = True, 1 if device.type == "cpu" else DEAD_CHECK_EVERY
     for epoch in range(cfg.epochs):
         epoch_sums, epoch_batches = {}, 0
         for idx in shuffled_batches(n, cfg.batch_size, generator, rank, world):
-            x_BD = acts_ND[idx.to(acts_ND.device)].to(device, non_blocking=True)
+            x_BD = acts_ND[idx.to(acts_ND.device)].to(device, non_blocking=True).float()
             lr = set_lr(optimizer, cfg, step)
-            out = model(x_BD, TrainingState(step=step, dead_F=tracker.dead_F))
-            optimise(out.losses["total"], sae, model, optimizer, accelerator, cfg)
-            tracker.update(out.codes_BF)
+            if step % check_every == 0:
+                any_dead = bool(tracker.dead_F.any())
+            out = sae.loss_and_grads(x_BD, TrainingState(step=step, dead_F=tracker.dead_F, any_dead=any_dead))
+            optimise(sae, optimizer, accelerator, cfg)
+            tracker.update(out.codes_BF, out.fired_F)
             metrics = batch_metrics(out, x_BD)
             epoch_sums = {k: epoch_sums.get(k, 0) + v for k, v in metrics.items()}
             epoch_batches, step = epoch_batches + 1, step + 1
