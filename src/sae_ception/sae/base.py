@@ -108,7 +108,7 @@ class SparseAutoencoder(nn.Module):
         (normalised) mean and the encoder rescaled so the first reconstructions have the right size."""
         if acts_ND.ndim != 2 or acts_ND.shape[1] != self.d_in or len(acts_ND) == 0:
             raise ArtifactError(f"the SAE needs a non-empty [N, {self.d_in}] activation matrix, got {tuple(acts_ND.shape)}")
-        mean_D, mean_sq_D = _moments(acts_ND)
+        mean_D, mean_sq_D = _moments(acts_ND, squares=self.cfg.normalize != "none")
         shift_D, scale_D = torch.zeros_like(mean_D), torch.ones_like(mean_D)
         if self.cfg.normalize == "scale":
             mean_sq_norm = mean_sq_D.sum()
@@ -216,11 +216,15 @@ class SparseAutoencoder(nn.Module):
         return save_checkpoint(directory, self.state_dict(), meta)
 
 
-def _moments(acts_ND: Tensor, chunk: int = 65536) -> tuple[Tensor, Tensor]:
-    """Per-dim mean and mean square in float64, chunked so a large matrix is never copied whole."""
+def _moments(acts_ND: Tensor, chunk: int = 65536, squares: bool = True) -> tuple[Tensor, Tensor]:
+    """Per-dim mean and mean square in float64, chunked so a large matrix is never copied whole.
+    Without `squares` (no normalisation to fit) only the mean is computed, with no float64 copy."""
     sum_D = torch.zeros(acts_ND.shape[1], dtype=torch.float64, device=acts_ND.device)
     sum_sq_D = torch.zeros_like(sum_D)
     for block in acts_ND.split(chunk):
+        if not squares:
+            sum_D += block.sum(0, dtype=torch.float64)
+            continue
         block = block.double()
         sum_D += block.sum(0)
         sum_sq_D += block.pow(2).sum(0)

@@ -5,9 +5,12 @@ Autograd on `forward` is correct but does work a training step does not need. Wr
   (a whole B × d_in × d_sae GEMM) is computed; its effect on the gradients of W_enc and b_dec is a
   rank-one term and a matrix-vector product;
 - the L1 gradient is a constant, added inside the decoder-gradient GEMM as its bias;
-- the ReLU backward and the firing statistics reuse tensors the forward pass already made;
-- the TopK decoder reads only the k chosen rows of W_dec (`embedding_bag`), not a dense B × d_sae matrix.
+- the ReLU backward, L0 and the firing statistics reuse tensors the forward pass already made;
+- the TopK decoder reads only the k chosen rows of W_dec (`embedding_bag`), not a dense B × d_sae matrix;
+- every large tensor lives in a `Workspace` reused from step to step: allocating fresh 16 MB tensors each
+  step made the CPU allocator map and fault in new pages every time (about a third of a step).
 The gradients are exactly those of `forward`'s loss (tests/sae/test_fast_grads.py compares them).
+Tensors in the returned `SAEOutput` and the `.grad`s live in the workspace: valid until the next step.
 """
 
 from __future__ import annotations
@@ -19,10 +22,34 @@ from torch import Tensor
 from sae_ception.sae.base import SAEOutput
 
 
-def _set_grad(param: torch.nn.Parameter, grad: Tensor) -> None:
-    """Give `param` its gradient in the parameter's own memory layout (as autograd does): the fused Adam
-    kernel walks both with the parameter's strides."""
-    param.grad = grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
+class Workspace:
+    """Named scratch tensors, reallocated only when a shape, dtype or device changes."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape, like: Tensor) -> Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buffer
+        return buffer
+
+
+def workspace(sae) -> Workspace:
+    found = sae.__dict__.get("_workspace")
+    if found is None:
+        found = sae.__dict__["_workspace"] = Workspace()
+    return found
+
+
+def _grad_buffer(ws: Workspace, param: torch.nn.Parameter) -> Tensor:
+    """A gradient tensor laid out like its parameter (the fused Adam kernel walks both with its strides)."""
+    name = f"grad_{id(param)}"
+    buffer = ws._buffers.get(name)
+    if buffer is None or buffer.shape != param.shape or buffer.stride() != param.stride() or buffer.dtype != param.dtype:
+        buffer = ws._buffers[name] = torch.empty_like(param)
+    return buffer
 
 
 def _folded_encoder_bias(sae) -> Tensor:
@@ -30,37 +57,52 @@ def _folded_encoder_bias(sae) -> Tensor:
     return torch.addmv(sae.b_enc_F, sae.W_enc_DF.T, sae.b_dec_D, alpha=-1)
 
 
-def _mse_and_recon_grad(recon_norm_BD: Tensor, x_norm_BD: Tensor) -> tuple[Tensor, Tensor]:
-    diff_BD = recon_norm_BD - x_norm_BD
-    scale = 2.0 / diff_BD.numel()
-    return diff_BD.pow(2).mean(), diff_BD.mul_(scale)  # diff is not needed after this: reuse its memory
+def _mse_and_recon_grad(ws: Workspace, recon_norm_BD: Tensor, x_norm_BD: Tensor) -> tuple[Tensor, Tensor]:
+    diff_BD = torch.sub(recon_norm_BD, x_norm_BD, out=ws.get("diff", x_norm_BD.shape, x_norm_BD))
+    flat = diff_BD.view(-1)
+    mse = torch.dot(flat, flat) / flat.numel()
+    return mse, diff_BD.mul_(2.0 / flat.numel())
 
 
-def _encoder_grads(sae, x_norm_BD: Tensor, g_pre_BF_or_sum: tuple[Tensor, Tensor], g_recon_sum_D: Tensor) -> None:
-    """W_enc, b_enc and b_dec gradients, given g_pre (dense, B × F) and its column sums."""
-    g_pre_BF, g_pre_sum_F = g_pre_BF_or_sum
-    _set_grad(sae.W_enc_DF, torch.addr(x_norm_BD.T @ g_pre_BF, sae.b_dec_D, g_pre_sum_F, alpha=-1))
+def _decoder_weight_grad(sae, ws: Workspace, codes_BF: Tensor, g_recon_BD: Tensor) -> None:
+    grad = _grad_buffer(ws, sae.W_dec_FD)
+    torch.mm(codes_BF.T, g_recon_BD, out=grad)
+    sae.W_dec_FD.grad = grad
+
+
+def _encoder_grads(sae, ws: Workspace, x_norm_BD: Tensor, g_pre_BF: Tensor, g_recon_sum_D: Tensor) -> None:
+    """W_enc, b_enc and b_dec gradients, given the pre-activation gradient g_pre (B × F)."""
+    g_pre_sum_F = g_pre_BF.sum(0)
+    grad = _grad_buffer(ws, sae.W_enc_DF)
+    torch.mm(x_norm_BD.T, g_pre_BF, out=grad)
+    sae.W_enc_DF.grad = grad.addr_(sae.b_dec_D, g_pre_sum_F, alpha=-1)
     sae.b_enc_F.grad = g_pre_sum_F
     sae.b_dec_D.grad = torch.addmv(g_recon_sum_D, sae.W_enc_DF, g_pre_sum_F, alpha=-1)
+
+
+def _recon(sae, recon_norm_BD: Tensor) -> Tensor:
+    return recon_norm_BD if sae.cfg.normalize == "none" else sae.denormalize(recon_norm_BD)
 
 
 @torch.no_grad()
 def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float) -> SAEOutput:
     """mse + l1_weight · mean Σ_f z_f with z = ReLU(x W_enc + b_enc − W_encᵀ b_dec) (codes are ≥ 0, so |z| = z)."""
+    ws = workspace(sae)
     x_norm_BD = sae.normalize(x_BD)
-    batch = x_norm_BD.shape[0]
-    codes_BF = torch.addmm(_folded_encoder_bias(sae), x_norm_BD, sae.W_enc_DF).relu_()
-    recon_norm_BD = torch.addmm(sae.b_dec_D, codes_BF, sae.W_dec_FD)
-    recon_BD = sae.denormalize(recon_norm_BD)
+    batch, width = x_norm_BD.shape[0], sae.d_sae
+    codes_BF = torch.addmm(_folded_encoder_bias(sae), x_norm_BD, sae.W_enc_DF,
+                           out=ws.get("codes", (batch, width), x_norm_BD)).relu_()
+    recon_norm_BD = torch.addmm(sae.b_dec_D, codes_BF, sae.W_dec_FD, out=ws.get("recon", x_norm_BD.shape, x_norm_BD))
+    recon_BD = _recon(sae, recon_norm_BD)
     code_sums_F = codes_BF.sum(0)
     l1 = code_sums_F.sum() / batch
-    mse, g_recon_BD = _mse_and_recon_grad(recon_norm_BD, x_norm_BD)
-    _set_grad(sae.W_dec_FD, codes_BF.T @ g_recon_BD)
+    mse, g_recon_BD = _mse_and_recon_grad(ws, recon_norm_BD, x_norm_BD)
+    _decoder_weight_grad(sae, ws, codes_BF, g_recon_BD)
     l1_grad_F = torch.full_like(code_sums_F, l1_weight / batch)
-    g_codes_BF = torch.addmm(l1_grad_F, g_recon_BD, sae.W_dec_FD.T)
-    firing_BF = codes_BF.sign()  # 1 where a latent fired, else 0: the ReLU's derivative, and L0
-    g_pre_BF = g_codes_BF.mul_(firing_BF)
-    _encoder_grads(sae, x_norm_BD, (g_pre_BF, g_pre_BF.sum(0)), g_recon_BD.sum(0))
+    g_pre_BF = torch.addmm(l1_grad_F, g_recon_BD, sae.W_dec_FD.T, out=ws.get("g_pre", (batch, width), x_norm_BD))
+    firing_BF = torch.sign(codes_BF, out=ws.get("firing", (batch, width), x_norm_BD))  # ReLU' and L0 in one pass
+    g_pre_BF.mul_(firing_BF)
+    _encoder_grads(sae, ws, x_norm_BD, g_pre_BF, g_recon_BD.sum(0))
     losses = {"mse": mse, "l1": l1, "total": mse + l1_weight * l1}
     return SAEOutput(recon=recon_BD, codes_BF=codes_BF, losses=losses, fired_F=code_sums_F > 0,
                      l0=firing_BF.sum() / batch)
@@ -70,21 +112,22 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float) -> SAEOutput:
 def topk_loss_and_grads(sae, x_BD: Tensor, k: int) -> SAEOutput:
     """mse of a TopK SAE when no latent is dead (so the AuxK term is 0): codes are ReLU of the k largest
     pre-activations, decoded from those k rows of W_dec only."""
+    ws = workspace(sae)
     x_norm_BD = sae.normalize(x_BD)
     batch, width = x_norm_BD.shape[0], sae.d_sae
-    pre_BF = torch.addmm(_folded_encoder_bias(sae), x_norm_BD, sae.W_enc_DF)
+    pre_BF = torch.addmm(_folded_encoder_bias(sae), x_norm_BD, sae.W_enc_DF, out=ws.get("codes", (batch, width), x_norm_BD))
     values_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
     values_BK = values_BK.relu_()
     recon_norm_BD = F.embedding_bag(idx_BK, sae.W_dec_FD, per_sample_weights=values_BK, mode="sum").add_(sae.b_dec_D)
-    recon_BD = sae.denormalize(recon_norm_BD)
-    mse, g_recon_BD = _mse_and_recon_grad(recon_norm_BD, x_norm_BD)
+    recon_BD = _recon(sae, recon_norm_BD)
+    mse, g_recon_BD = _mse_and_recon_grad(ws, recon_norm_BD, x_norm_BD)
     # decoder: dL/dW_dec[f] = Σ_b z_bf g_b over the chosen (b, f); dL/dz_bk = W_dec[idx_bk] · g_b
     codes_BF = pre_BF.zero_().scatter_(-1, idx_BK, values_BK)  # the dense codes reuse pre's memory
-    _set_grad(sae.W_dec_FD, codes_BF.T @ g_recon_BD)
+    _decoder_weight_grad(sae, ws, codes_BF, g_recon_BD)
     g_values_BK = torch.bmm(F.embedding(idx_BK, sae.W_dec_FD), g_recon_BD.unsqueeze(-1)).squeeze(-1)
     g_values_BK = g_values_BK.masked_fill_(values_BK <= 0, 0.0)  # the ReLU after the top-k
-    g_pre_BF = torch.zeros(batch, width, dtype=g_values_BK.dtype, device=g_values_BK.device).scatter_(-1, idx_BK, g_values_BK)
-    _encoder_grads(sae, x_norm_BD, (g_pre_BF, g_pre_BF.sum(0)), g_recon_BD.sum(0))
+    g_pre_BF = ws.get("g_pre", (batch, width), x_norm_BD).zero_().scatter_(-1, idx_BK, g_values_BK)
+    _encoder_grads(sae, ws, x_norm_BD, g_pre_BF, g_recon_BD.sum(0))
     fired_F = torch.zeros(width, dtype=torch.bool, device=idx_BK.device)
     fired_F[idx_BK[values_BK > 0]] = True
     aux = mse.new_zeros(())

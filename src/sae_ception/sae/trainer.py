@@ -104,12 +104,14 @@ def train_sae(
     total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
     bar = tqdm(total=total_steps, desc="sae", disable=not show_progress, leave=False)
     step, epoch_sums, epoch_batches = 0, {}, 0
+    batch_buffer = acts_ND.new_empty((min(cfg.batch_size, n), acts_ND.shape[1]))  # reused: no per-step allocation
     sae.train()
     any_dead, check_every = True, 1 if device.type == "cpu" else DEAD_CHECK_EVERY
     for epoch in range(cfg.epochs):
         epoch_sums, epoch_batches = {}, 0
         for idx in shuffled_batches(n, cfg.batch_size, generator, rank, world):
-            x_BD = acts_ND[idx.to(acts_ND.device)].to(device, non_blocking=True).float()
+            x_BD = torch.index_select(acts_ND, 0, idx.to(acts_ND.device), out=batch_buffer[: len(idx)])
+            x_BD = x_BD.to(device, non_blocking=True).float()
             lr = set_lr(optimizer, cfg, step)
             if step % check_every == 0:
                 any_dead = bool(tracker.dead_F.any())
