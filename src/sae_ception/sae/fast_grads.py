@@ -124,9 +124,10 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int) -> SAEOutput:
     # decoder: dL/dW_dec[f] = Σ_b z_bf g_b over the chosen (b, f); dL/dz_bk = W_dec[idx_bk] · g_b
     codes_BF = pre_BF.zero_().scatter_(-1, idx_BK, values_BK)  # the dense codes reuse pre's memory
     _decoder_weight_grad(sae, ws, codes_BF, g_recon_BD)
-    g_values_BK = torch.bmm(F.embedding(idx_BK, sae.W_dec_FD), g_recon_BD.unsqueeze(-1)).squeeze(-1)
-    g_values_BK = g_values_BK.masked_fill_(values_BK <= 0, 0.0)  # the ReLU after the top-k
-    g_pre_BF = ws.get("g_pre", (batch, width), x_norm_BD).zero_().scatter_(-1, idx_BK, g_values_BK)
+    # one dense GEMM then a gather beats gathering k decoder rows per example (B·k·d_in floats) on CPU
+    g_pre_BF = torch.mm(g_recon_BD, sae.W_dec_FD.T, out=ws.get("g_pre", (batch, width), x_norm_BD))
+    g_values_BK = g_pre_BF.gather(-1, idx_BK).mul_(values_BK.sign())  # the ReLU after the top-k
+    g_pre_BF = g_pre_BF.zero_().scatter_(-1, idx_BK, g_values_BK)
     _encoder_grads(sae, ws, x_norm_BD, g_pre_BF, g_recon_BD.sum(0))
     fired_F = torch.zeros(width, dtype=torch.bool, device=idx_BK.device)
     fired_F[idx_BK[values_BK > 0]] = True
