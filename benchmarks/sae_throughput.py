@@ -12,9 +12,10 @@ run; rows/s is the median over repeats (seeds 0, 1, ...) of the whole training c
 included), and MSE, EV and L0 are the medians over the same seeds (one seed's SAE varies by ~10%).
 The matmul bound times the five float32 GEMMs one SAE step needs at these shapes (encoder and decoder
 forward, decoder input-gradient, decoder and encoder weight gradients), each at its median of 50
-back-to-back runs, before and after the trainers run (the faster of the two counts, so a noisy moment
-cannot lower the bound), and says how many rows per second a step made of nothing else would reach. SAELens is not a dependency of the product; without it the
-table shows the product's rows only.
+back-to-back runs, and says how many rows per second a step made of nothing else would reach. It is
+measured right before every timed run, and each run's fraction of the bound uses its own measurement. SAELens is not a dependency of the product; without it the
+table shows the product's rows only. A last row trains the product's ReLU-L1 SAE with its L1
+coefficient calibrated to SAELens's L0, so reconstruction quality is also compared at equal sparsity.
 """
 
 from __future__ import annotations
@@ -132,18 +133,63 @@ def saelens_available() -> bool:
     return True
 
 
-def timed_runs(train: Callable, kind: str, acts: torch.Tensor, held_out: torch.Tensor, args) -> tuple[float, Quality]:
-    """Median wall-clock seconds and median held-out quality over `args.repeats` seeds (0, 1, ...: the
-    same for every trainer), after one warm-up run on a slice."""
+def timed_runs(train: Callable, kind: str, acts: torch.Tensor, held_out: torch.Tensor, args) -> dict:
+    """Median rows/s, median fraction of the matmul bound and median held-out quality over `args.repeats`
+    seeds (0, 1, ...: the same for every trainer), after one warm-up run on a slice. The bound is measured
+    right before each run and each run is compared with its own bound, so drift in the machine's speed
+    (this is a shared VM) cancels out of the fraction."""
     train(kind, acts[: args.batch * 4], args, seed=0)
-    times, scores = [], []
+    speeds, fractions, bounds, scores = [], [], [], []
     for repeat in range(args.repeats):
+        bound, _ = matmul_bound(args.batch, args.d_in, args.d_sae)
         started = time.perf_counter()
         encode, decode = train(kind, acts, args, seed=repeat)
-        times.append(time.perf_counter() - started)
+        speed = len(acts) / (time.perf_counter() - started)
+        speeds.append(speed)
+        fractions.append(speed / bound)
+        bounds.append(bound)
         scores.append(quality(encode, decode, held_out))
     median = Quality(*(statistics.median(getattr(q, f) for q in scores) for f in ("mse", "explained_variance", "l0")))
-    return statistics.median(times), median
+    return {"speed": statistics.median(speeds), "fraction": statistics.median(fractions),
+            "bounds": bounds, "quality": median}
+
+
+def match_l0(acts: torch.Tensor, held_out: torch.Tensor, args, target_l0: float, steps: int = 6) -> tuple[float, dict]:
+    """The product's ReLU-L1 SAE with its L1 coefficient rescaled until its held-out L0 (seed 0) matches
+    `target_l0`: bracket by halving or doubling λ, then `steps` interpolations in log λ / log L0 inside
+    the bracket (L0 falls as λ grows). Reconstruction quality is then compared at equal sparsity."""
+    import math
+
+    def log_l0(l1: float) -> float:
+        encode, decode = train_product("relu", acts, argparse.Namespace(**{**vars(args), "l1": l1}), seed=0)
+        return math.log(max(quality(encode, decode, held_out).l0, 1e-3))
+
+    goal = math.log(target_l0)
+    low, high = (math.log(args.l1), log_l0(args.l1)), None  # (log λ, log L0) on each side of the goal
+    factor = 0.5 if low[1] < goal else 2.0
+    for _ in range(8):
+        x = low[0] + math.log(factor)
+        point = (x, log_l0(math.exp(x)))
+        if (point[1] - goal) * (low[1] - goal) <= 0:
+            high = point
+            break
+        low = point
+    if high is None:
+        return math.exp(low[0]), timed_runs(train_product, "relu", acts, held_out,
+                                            argparse.Namespace(**{**vars(args), "l1": math.exp(low[0])}))
+    for _ in range(steps):
+        x = low[0] + (goal - low[1]) * (high[0] - low[0]) / (high[1] - low[1])
+        point = (x, log_l0(math.exp(x)))
+        if abs(point[1] - goal) < 0.01:
+            low = high = point
+            break
+        if (point[1] - goal) * (low[1] - goal) > 0:
+            low = point
+        else:
+            high = point
+    best = min((low, high), key=lambda p: abs(p[1] - goal))
+    l1 = math.exp(best[0])
+    return l1, timed_runs(train_product, "relu", acts, held_out, argparse.Namespace(**{**vars(args), "l1": l1}))
 
 
 def main() -> None:
@@ -157,31 +203,38 @@ def main() -> None:
     parser.add_argument("--l1", type=float, default=0.5, help="SAELens-scale L1 coefficient (squared error summed over dims)")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-match-l0", dest="match_l0", action="store_false",
+                        help="skip the extra ReLU-L1 row whose L1 coefficient is calibrated to SAELens's L0")
     parser.add_argument("--saelens-decoder-init-norm", type=float, default=None,
                         help="SAELens's decoder_init_norm (default: the library's, 0.1); 1.0 starts it like the product")
     args = parser.parse_args()
 
     data = synthetic(args.rows + args.held_out, args.d_in)
     acts, held_out = data[: args.rows], data[args.rows:]
-    bound_rows, gflops = matmul_bound(args.batch, args.d_in, args.d_sae)
     print(f"{args.rows} rows x {args.d_in} dims, d_sae {args.d_sae}, batch {args.batch}, one epoch, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     trainers = [("sae-ception", train_product)] + ([("SAELens", train_saelens)] if saelens_available() else [])
-    rows = {}
-    for kind in ("relu", "topk"):
-        for name, train in trainers:
-            seconds, median_quality = timed_runs(train, kind, acts, held_out, args)
-            rows[(kind, name)] = (args.rows / seconds, median_quality)
-    bound_rows, gflops = max((bound_rows, gflops), matmul_bound(args.batch, args.d_in, args.d_sae))  # before and after
-    print(f"matmul bound: {bound_rows:,.0f} rows/s ({gflops:.0f} GFLOP/s on the 5 GEMMs of a step; the faster of "
-          "two measurements, before and after training)")
+    rows = {(kind, name): timed_runs(train, kind, acts, held_out, args)
+            for kind in ("relu", "topk") for name, train in trainers}
+    bounds = [b for row in rows.values() for b in row["bounds"]]
+    print(f"matmul bound: median {statistics.median(bounds):,.0f} rows/s (range {min(bounds):,.0f}-{max(bounds):,.0f}; "
+          f"{statistics.median(bounds) * 10 * args.d_in * args.d_sae / 1e9:.0f} GFLOP/s on the 5 GEMMs of a step)")
     print(f"\n{'SAE':<6} {'trainer':<12} {'rows/s':>10} {'vs SAELens':>10} {'of bound':>9} "
           f"{'held-out MSE':>13} {'EV':>7} {'L0':>7}")
-    for (kind, name), (speed, q) in rows.items():
+    for (kind, name), row in rows.items():
         base = rows.get((kind, "SAELens"))
-        ratio = f"{speed / base[0]:.2f}x" if base else "n/a"
-        print(f"{kind:<6} {name:<12} {speed:>10,.0f} {ratio:>10} {speed / bound_rows:>8.0%} "
+        ratio = f"{row['speed'] / base['speed']:.2f}x" if base else "n/a"
+        q = row["quality"]
+        print(f"{kind:<6} {name:<12} {row['speed']:>10,.0f} {ratio:>10} {row['fraction']:>8.0%} "
               f"{q.mse:>13.5f} {q.explained_variance:>7.4f} {q.l0:>7.1f}")
+    if ("relu", "SAELens") in rows and args.match_l0:
+        target = rows[("relu", "SAELens")]["quality"].l0
+        l1, matched = match_l0(acts, held_out, args, target)
+        q = matched["quality"]
+        print(f"relu   {'sae-ception':<12} {matched['speed']:>10,.0f} "
+              f"{matched['speed'] / rows[('relu', 'SAELens')]['speed']:>9.2f}x {matched['fraction']:>8.0%} "
+              f"{q.mse:>13.5f} {q.explained_variance:>7.4f} {q.l0:>7.1f}   <- L1 {l1:.3g} (x{l1 / args.l1:.2f}), "
+              "calibrated to SAELens's L0")
     if not saelens_available():
         print("\nSAELens is not installed here: see the docstring for the benchmark's environment.")
 

@@ -218,12 +218,14 @@ class SparseAutoencoder(nn.Module):
 
 def _moments(acts_ND: Tensor, chunk: int = 65536, squares: bool = True) -> tuple[Tensor, Tensor]:
     """Per-dim mean and mean square in float64, chunked so a large matrix is never copied whole.
-    Without `squares` (no normalisation to fit) only the mean is computed, with no float64 copy."""
+    Without `squares` (no normalisation to fit) only the mean is needed (it initialises b_dec): it is
+    summed by GEMV in float32 within a block, float64 across blocks."""
     sum_D = torch.zeros(acts_ND.shape[1], dtype=torch.float64, device=acts_ND.device)
     sum_sq_D = torch.zeros_like(sum_D)
     for block in acts_ND.split(chunk):
-        if not squares:
-            sum_D += block.sum(0, dtype=torch.float64)
+        if not squares:  # a float32 GEMV per block (fast), summed across blocks in float64
+            block = block.float()
+            sum_D += torch.mv(block.T, block.new_ones(len(block))).double()
             continue
         block = block.double()
         sum_D += block.sum(0)
