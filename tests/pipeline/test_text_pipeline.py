@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from sae_ception.stages.cycle import run_cycles
+from sae_ception.stages.cycle import reevaluate, run_cycles
 from tests.conftest import TEXT_TINY
 from tests.data.test_data_text import word_tokenizer_folder, write_tsv
 from tests.models.tiny_transformers import save_tiny
@@ -35,6 +35,8 @@ def test_minilm_on_sst2_one_cycle_then_resume(minilm, tmp_path):
     before = snapshot(run_dir)
     run_in_process(run_cycles, run_dir, base=TEXT_TINY)  # everything is done: nothing is redone
     assert snapshot(run_dir) == before
+    run_in_process(reevaluate, run_dir, base=TEXT_TINY)  # scripts/evaluate.py: same numbers from the saved artifacts
+    assert [r["metrics"] for r in results(run_dir)] == [r["metrics"] for r in first]
 
 
 def test_token_level_sae_trains_on_every_real_token(minilm, tmp_path, caplog):
