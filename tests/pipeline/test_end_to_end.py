@@ -118,3 +118,11 @@ def test_resume_clears_what_a_killed_writer_left(finished_run, tmp_path):
     (run_dir / "results" / ".cycle_3.json.xyz.tmp").write_text("{half")
     run_in_process(run_cycles, run_dir, ["cycle.max_cycles=2"])
     assert not list(run_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("sae", ["jumprelu", "batchtopk"])
+def test_every_sae_variant_runs_every_stage(tmp_path, sae):
+    run_in_process(run_cycles, tmp_path / "run", [f"sae={sae}", "cycle.max_cycles=1", "sae.epochs=2"])
+    for cycle in (0, 1):
+        result = json.loads((tmp_path / "run" / "results" / f"cycle_{cycle}.json").read_text())
+        assert result["metrics"]["sae"]["l0"] > 0 and 0 <= result["metrics"]["performance"]["spliced_accuracy"] <= 1

@@ -1,5 +1,7 @@
 """Small SAEs of any registered type and sparse synthetic data, shared by the SAE tests."""
 
+from dataclasses import fields
+
 import torch
 
 from sae_ception.sae import SAE_TYPES, build_sae
@@ -8,9 +10,10 @@ from sae_ception.sae import SAE_TYPES, build_sae
 def make_config(sae_type: str, **overrides):
     """The registered config class of `sae_type`, small enough for a unit test."""
     settings = {"d_sae": 32, "epochs": 1, "batch_size": 64, "log_every": 1, **overrides}
-    if sae_type == "topk":
+    config_class = SAE_TYPES.get(sae_type).config_class
+    if "k" in {f.name for f in fields(config_class)}:  # TopK-style variants
         settings.setdefault("k", 4)
-    return SAE_TYPES.get(sae_type).config_class(type=sae_type, **settings)
+    return config_class(type=sae_type, **settings)
 
 
 def make_sae(sae_type: str, d_in: int = 8, seed: int = 0, **overrides):

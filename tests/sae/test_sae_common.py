@@ -29,7 +29,7 @@ def test_forward_shapes_and_every_parameter_gets_a_gradient(sae_type):
     out.losses["total"].backward()
     for name, param in sae.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
-    assert set(dict(sae.named_buffers())) == {"norm_shift_D", "norm_scale_D"}
+    assert {"norm_shift_D", "norm_scale_D"} <= set(dict(sae.named_buffers()))  # variants may keep more state
 
 
 @pytest.mark.parametrize("sae_type", TYPES)
@@ -56,6 +56,8 @@ def test_checkpoint_round_trip_is_exact(sae_type, tmp_path):
     assert (loaded.d_in, loaded.d_sae) == (8, 32)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in sae.state_dict().items())
     x = torch.randn(10, 8)
+    assert not loaded.training  # loaded SAEs encode in inference mode (BatchTopK: its threshold)
+    sae.eval()
     assert torch.equal(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)))
     meta = json.loads((tmp_path / "sae" / "config.json").read_text())
     assert meta["kind"] == "sae" and meta["type"] == sae_type and meta["extra"] == {"cycle": 2}

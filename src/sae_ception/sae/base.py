@@ -257,4 +257,4 @@ def load_sae(directory: Union[str, Path]) -> SparseAutoencoder:
     if sae.d_sae != meta.get("d_sae"):
         raise ArtifactError(f"{directory}/config.json says d_sae={meta.get('d_sae')} but its config builds {sae.d_sae}")
     load_state_strict(sae, state, str(directory), "sae checkpoint")
-    return sae
+    return sae.eval()  # inference behaviour (e.g. BatchTopK's learned threshold, not the batch's top k)

@@ -128,5 +128,6 @@ def train_sae(
                 log_fn(logged, step)
                 bar.set_postfix(mse=f"{logged['mse']:.4g}", l0=f"{logged['l0']:.1f}")
     bar.close()
+    sae.eval()
     stats = {k: (v / epoch_batches).item() for k, v in epoch_sums.items()}
     return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "steps": step, "epochs": cfg.epochs}
