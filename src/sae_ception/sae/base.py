@@ -64,6 +64,13 @@ class SAEConfig:
             raise ConfigError(f"the SAE input width d_in={d_in} must be positive")
 
 
+def warmed_up(coefficient: float, warmup_steps: int, step: Optional[int]) -> float:
+    """A penalty coefficient ramped linearly from 0 over `warmup_steps` (None = outside training: all of it)."""
+    if step is None or warmup_steps == 0:
+        return coefficient
+    return coefficient * min(1.0, step / warmup_steps)
+
+
 @dataclass
 class TrainingState:
     """What only the trainer knows but a variant's loss may need: the step (warmups) and the dead latents."""

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting, warmed_up
 from sae_ception.sae.registry import SAE_TYPES
 
 
@@ -68,9 +68,7 @@ class JumpReLUSAEConfig(SAEConfig):
         check_setting(self.initial_threshold > 0, "initial_threshold", self.initial_threshold, "must be > 0")
 
     def l0_weight(self, step: Optional[int]) -> float:
-        if step is None or self.l0_warmup_steps == 0:
-            return self.l0_coefficient
-        return self.l0_coefficient * min(1.0, step / self.l0_warmup_steps)
+        return warmed_up(self.l0_coefficient, self.l0_warmup_steps, step)
 
 
 @SAE_TYPES.register("jumprelu")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting, warmed_up
 from sae_ception.sae.fast_grads import relu_loss_and_grads
 from sae_ception.sae.registry import SAE_TYPES
 
@@ -23,10 +23,7 @@ class ReluSAEConfig(SAEConfig):
         check_setting(self.l1_warmup_steps >= 0, "l1_warmup_steps", self.l1_warmup_steps, "must be >= 0")
 
     def l1_weight(self, step: Optional[int]) -> float:
-        """The coefficient at a training step (None = outside training: the full coefficient)."""
-        if step is None or self.l1_warmup_steps == 0:
-            return self.l1_coefficient
-        return self.l1_coefficient * min(1.0, step / self.l1_warmup_steps)
+        return warmed_up(self.l1_coefficient, self.l1_warmup_steps, step)
 
 
 @SAE_TYPES.register("relu")
