@@ -130,6 +130,9 @@ class Config(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.sae.validate_for(self.model.target_width())
+        if self.sae.target_l0 is not None and self.dataset.val_fraction == 0:
+            raise ConfigError(f"sae.target_l0={self.sae.target_l0} is calibrated on validation data, but "
+                              "dataset.val_fraction=0; set it > 0 (e.g. 0.1)")
 
 
 # group name -> (registry, the key inside the group that selects the variant)

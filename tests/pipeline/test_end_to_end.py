@@ -126,3 +126,11 @@ def test_every_sae_variant_runs_every_stage(tmp_path, sae):
     for cycle in (0, 1):
         result = json.loads((tmp_path / "run" / "results" / f"cycle_{cycle}.json").read_text())
         assert result["metrics"]["sae"]["l0"] > 0 and 0 <= result["metrics"]["performance"]["spliced_accuracy"] <= 1
+
+
+def test_target_l0_calibrates_the_penalty_and_saves_the_search(tmp_path):
+    run_in_process(run_cycles, tmp_path / "run", ["sae.target_l0=6", "cycle.max_cycles=0", "sae.epochs=2"])
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "sae_cycle_0" / "config.json").read_text())
+    record = meta["extra"]["training"]["calibration"]
+    assert record["setting"] == "l1_coefficient" and record["target_l0"] == 6 and record["trials"]
+    assert meta["config"]["l1_coefficient"] == record["coefficient"] and record["achieved_val_l0"] > 0

@@ -66,3 +66,19 @@ def test_batchtopk_uses_a_learned_threshold_at_inference(accelerator):
     torch.testing.assert_close(one, batch)  # an example's code does not depend on its batch
     l0 = (sae.encode(acts) != 0).sum(-1).float().mean().item()
     assert 1.5 < l0 < 6  # about k on average
+
+
+def test_calibration_hits_a_target_l0_on_known_sparse_structure(accelerator):
+    """Rows made of 3 active directions out of 32: the calibrated SAEs land within ±10% of L0 10 and 5."""
+    from sae_ception.sae.calibration import mean_l0, train_calibrated
+
+    acts = sparse_data(n=4096)
+    train, val = acts[:3584], acts[3584:]
+    for sae_type, target in (("relu", 10.0), ("jumprelu", 5.0)):
+        cfg = make_sae(sae_type, d_in=16, d_sae=64, epochs=6, batch_size=64, lr=1e-2, target_l0=target,
+                       calibration_fraction=0.5).cfg
+        sae, stats = train_calibrated(cfg, train, val, accelerator=accelerator, seed=0)
+        record = stats["calibration"]
+        assert record["trials"] and getattr(sae.cfg, cfg.penalty_setting) == record["coefficient"] or "correction" in record
+        assert abs(mean_l0(sae, val) - target) <= 0.1 * target, (sae_type, record)
+        assert abs(record["achieved_val_l0"] - mean_l0(sae, val)) < 1e-6

@@ -6,7 +6,7 @@ small class plus one YAML file.
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,10 @@ class SAEConfig:
     dead_after_examples: int = 10000  # a latent silent for this many training examples counts as dead
     log_every: int = 10  # optimiser steps between log callbacks
     token_level: bool = False  # transformers: train on every non-padding token's activation, not the pooled one
+    target_l0: Optional[float] = None  # penalised SAEs: find the penalty coefficient that gives this mean L0
+    calibration_fraction: float = 0.25  # part of the training rows the coefficient search trains on
+
+    penalty_setting: ClassVar[Optional[str]] = None  # the coefficient `target_l0` calibrates (None: not penalised)
 
     def __post_init__(self) -> None:
         check_setting(self.d_sae is None or self.d_sae > 0, "d_sae", self.d_sae,
@@ -62,6 +66,13 @@ class SAEConfig:
         """Checks that need the input width (variants extend this, e.g. k <= width)."""
         if d_in <= 0:
             raise ConfigError(f"the SAE input width d_in={d_in} must be positive")
+        if self.target_l0 is not None:
+            if self.penalty_setting is None:
+                raise ConfigError(f"sae.target_l0={self.target_l0} needs a penalised SAE (sae=relu or sae=jumprelu); "
+                                  f"sae={self.type} sets its sparsity directly (sae.k)")
+            if not 0 < self.target_l0 < self.width(d_in):
+                raise ConfigError(f"sae.target_l0={self.target_l0} must be in (0, {self.width(d_in)}) (the SAE width)")
+        check_setting(0 < self.calibration_fraction <= 1, "calibration_fraction", self.calibration_fraction, "must be in (0, 1]")
 
 
 def warmed_up(coefficient: float, warmup_steps: int, step: Optional[int]) -> float:

@@ -5,7 +5,7 @@ derivative is replaced by a rectangle kernel of width `bandwidth` around the thr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,8 @@ class JumpReLUSAEConfig(SAEConfig):
     l0_warmup_steps: int = 0  # ramp the coefficient linearly from 0 over these steps
     bandwidth: float = 1e-3  # ε: width of the kernel that gives the threshold its gradient (normalised units)
     initial_threshold: float = 1e-3
+
+    penalty_setting: ClassVar[Optional[str]] = "l0_coefficient"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,7 +1,7 @@
 """The classic SAE: ReLU codes with an L1 penalty (decoder rows are unit norm, so plain |codes| is fair)."""
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,6 +16,8 @@ class ReluSAEConfig(SAEConfig):
     type: str = "relu"
     l1_coefficient: float = 1e-2  # weight of the L1 term in the total loss
     l1_warmup_steps: int = 0  # ramp the coefficient linearly from 0 over these steps (fewer early dead latents)
+
+    penalty_setting: ClassVar[Optional[str]] = "l1_coefficient"
 
     def __post_init__(self) -> None:
         super().__post_init__()
