@@ -57,7 +57,7 @@ class JumpReLUSAEConfig(SAEConfig):
     type: str = "jumprelu"
     l0_coefficient: float = 1e-3  # weight of the (straight-through) L0 penalty
     l0_warmup_steps: int = 0  # ramp the coefficient linearly from 0 over these steps
-    bandwidth: float = 1e-3  # ε: width of the kernel that gives the threshold its gradient (normalised units)
+    bandwidth: float = 0.05  # ε: width of the kernel that gives the threshold its gradient (normalised units)
     initial_threshold: float = 1e-3
 
     penalty_setting: ClassVar[Optional[str]] = "l0_coefficient"
