@@ -43,7 +43,8 @@ Task = Callable[[RunContext], Any]
 
 
 # Settings a script on a finished run takes from its own command line; everything else from the run.
-COMMAND_LINE_SETTINGS = ("wandb", "device", "progress", "eval_batch_size", "eval_cycle", "paths", "run_dir", "resume")
+COMMAND_LINE_SETTINGS = ("wandb", "device", "progress", "eval_batch_size", "eval_cycle", "paths", "run_dir", "resume",
+                         "analysis")
 
 
 def config_from_run_folder(hydra_cfg: DictConfig) -> DictConfig:

@@ -67,6 +67,20 @@ class InputsConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Per-feature reports (scripts/analyze_features.py; at the end of train_cycle.py when enabled)."""
+
+    enabled: bool = False
+    num_features: int = 16  # the most often firing SAE features are analysed
+    top_k: int = 10  # strongest examples kept per feature
+
+    def __post_init__(self) -> None:
+        for setting in ("num_features", "top_k"):
+            if getattr(self, setting) <= 0:
+                raise ConfigError(f"analysis.{setting}={getattr(self, setting)} must be a positive integer")
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"  # offline (log locally, `wandb sync` later), online, or disabled
     project: str = "sae-ception"
@@ -124,6 +138,7 @@ class Config(Settings):
     method: MethodConfig = field(default_factory=MethodConfig)
     cycle: CycleConfig = field(default_factory=CycleConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -146,6 +161,7 @@ _PLAIN_GROUPS = {
     "method": MethodConfig,
     "cycle": CycleConfig,
     "inputs": InputsConfig,
+    "analysis": AnalysisConfig,
     "wandb": WandbConfig,
     "paths": PathsConfig,
 }

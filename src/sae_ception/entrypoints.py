@@ -12,7 +12,7 @@ from sae_ception.errors import ConfigError
 from sae_ception.stages.artifacts import new_model, require_model, require_sae
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
-from sae_ception.stages.cycle import reevaluate, run_cycles
+from sae_ception.stages.cycle import analyze, reevaluate, run_cycles
 from sae_ception.stages.sae import run_sae
 from sae_ception.training.classifier import trainable_names
 
@@ -72,4 +72,5 @@ ENTRYPOINTS = {
     "train_sae": Entrypoint(lambda ctx: run_sae(ctx, _current(ctx)), lambda ctx: require_model(ctx, _current(ctx))),
     "train_auxiliary": Entrypoint(lambda ctx: run_auxiliary(ctx, _current(ctx)), _auxiliary_preflight),
     "evaluate": Entrypoint(reevaluate, _evaluate_preflight, from_run_folder=True),
+    "analyze_features": Entrypoint(analyze, _evaluate_preflight, from_run_folder=True),
 }

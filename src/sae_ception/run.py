@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # Settings that may change between invocations on one run folder without invalidating what it holds.
 RESUME_NEUTRAL = {
     ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",),
-    ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("cycle", "max_cycles"), ("cycle", "current"),
+    ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("analysis",), ("cycle", "max_cycles"), ("cycle", "current"),
 }
 
 
@@ -51,6 +51,9 @@ class RunLayout:
 
     def results(self, cycle: int) -> Path:
         return self.root / "results" / f"cycle_{cycle}.json"
+
+    def feature_report(self, cycle: int) -> Path:
+        return self.root / "analysis" / f"cycle_{cycle}" / "feature_report.json"
 
     def unit_scores(self, cycle: int) -> Path:
         """Per-unit CSI/U and 2-D PCA of the test codes, for plots."""

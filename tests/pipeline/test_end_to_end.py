@@ -134,3 +134,18 @@ def test_target_l0_calibrates_the_penalty_and_saves_the_search(tmp_path):
     record = meta["extra"]["training"]["calibration"]
     assert record["setting"] == "l1_coefficient" and record["target_l0"] == 6 and record["trials"]
     assert meta["config"]["l1_coefficient"] == record["coefficient"] and record["achieved_val_l0"] > 0
+
+
+def test_feature_reports_at_the_end_of_a_run_and_from_the_script(tmp_path):
+    from sae_ception.stages.cycle import analyze
+
+    run_dir = tmp_path / "run"
+    run_in_process(run_cycles, run_dir, ["analysis.enabled=true", "analysis.num_features=5", "cycle.max_cycles=0"])
+    report = json.loads((run_dir / "analysis" / "cycle_0" / "feature_report.json").read_text())
+    assert len(report["features"]) == 5 and report["split"] == "test"
+    first = report["features"][0]
+    assert len(first["logit_effects"]) == 10 and len(first["label_histogram"]) == 10
+    assert first["activation_rate"] > 0 and first["top_examples"] and 0 <= first["promotes"] < 10
+    (run_dir / "analysis" / "cycle_0" / "feature_report.json").unlink()
+    run_in_process(analyze, run_dir, ["analysis.enabled=true", "analysis.num_features=5", "cycle.max_cycles=0"])
+    assert json.loads((run_dir / "analysis" / "cycle_0" / "feature_report.json").read_text()) == report

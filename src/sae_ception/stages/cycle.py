@@ -8,6 +8,7 @@ from pathlib import Path
 from sae_ception.evaluation.plots import plot_code_projections, plot_families, plot_unit_histograms
 from sae_ception.evaluation.report import format_table, summary_csv
 from sae_ception.run import RunContext
+from sae_ception.stages.analysis import run_analysis
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.evaluate import run_evaluate
@@ -29,6 +30,9 @@ def run_cycles(ctx: RunContext) -> list[dict]:
             run_sae(ctx, cycle)
         with ctx.timed("evaluate", cycle):
             results.append(run_evaluate(ctx, cycle))
+        if ctx.cfg.analysis.enabled:
+            with ctx.timed("analysis", cycle):
+                run_analysis(ctx, cycle)
         if cycle < last:
             with ctx.timed("auxiliary", cycle):
                 run_auxiliary(ctx, cycle)
@@ -48,6 +52,14 @@ def reevaluate(ctx: RunContext) -> list[dict]:
     results = [run_evaluate(ctx, cycle, recompute=True) for cycle in cycles]
     report(ctx, results)
     return results
+
+
+def analyze(ctx: RunContext) -> list[Path]:
+    """scripts/analyze_features.py: feature reports of every cycle with a model and an SAE (or `eval_cycle`)."""
+    cycles = [c for c in ctx.layout.model_cycles() if checkpoint_exists(ctx.layout.sae(c))]
+    if ctx.cfg.eval_cycle is not None:
+        cycles = [ctx.cfg.eval_cycle]
+    return [run_analysis(ctx, cycle) for cycle in cycles]
 
 
 def report(ctx: RunContext, results: list[dict]) -> None:
