@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_ception.evaluation.features import feature_statistics, logit_effects, most_active_features
+from sae_ception.evaluation.features import feature_statistics, input_gradient_maps, logit_effects, most_active_features
 from sae_ception.models import build_model
 from sae_ception.models.mlp import MLPConfig
 from sae_ception.sae import build_sae
@@ -24,20 +24,31 @@ def test_statistics_of_hand_made_codes():
     assert f2["activation_rate"] == 0 and f2["label_mode"] is None and f2["top_examples"] == []
 
 
-def test_logit_effect_of_a_hand_built_model():
-    """One hidden unit per class into an identity head: raising a feature whose decoder row is hidden unit 1
-    by 2.0 raises logit 1 by exactly 2.0 and leaves logit 0 alone."""
+def identity_model_and_sae():
+    """A 2-2-2 MLP and a 2-latent SAE whose weights are all identities: feature f reads hidden unit f = x_f."""
     model = build_model(MLPConfig(hidden_sizes=[2], target_layer=-1), input_dim=2, num_classes=2)
     sae = build_sae(ReluSAEConfig(d_sae=2, normalize="none"), d_in=2)
     with torch.no_grad():
-        model.blocks[0][0].weight.copy_(torch.eye(2))
-        model.blocks[0][0].bias.zero_()
-        model.head.weight.copy_(torch.eye(2))
-        model.head.bias.zero_()
-        sae.W_enc_DF.copy_(torch.eye(2))
-        sae.W_dec_FD.copy_(torch.eye(2))
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
+        for weight in (model.blocks[0][0].weight, model.head.weight, sae.W_enc_DF, sae.W_dec_FD):
+            weight.copy_(torch.eye(2))
+        for bias in (model.blocks[0][0].bias, model.head.bias, sae.b_enc_F, sae.b_dec_D):
+            bias.zero_()
+    return model, sae
+
+
+def test_input_gradient_map_of_a_hand_built_model():
+    model, sae = identity_model_and_sae()
+    x = torch.tensor([[1.0, 0.5], [0.2, 3.0], [2.0, -1.0]])
+    maps = input_gradient_maps(model, sae, x, torch.tensor([0, 1]), [[0, 1], [0, 2]])
+    # feature 0 = relu(x_0): gradient (1, 0) on both rows; feature 1 = relu(x_1): (0, 1) on row 0, (0, 0) on
+    # row 2 (x_1 < 0, the ReLU is off), so its average is (0, 0.5)
+    torch.testing.assert_close(maps, torch.tensor([[1.0, 0.0], [0.0, 0.5]]))
+
+
+def test_logit_effect_of_a_hand_built_model():
+    """One hidden unit per class into an identity head: raising a feature whose decoder row is hidden unit 1
+    by 2.0 raises logit 1 by exactly 2.0 and leaves logit 0 alone."""
+    model, sae = identity_model_and_sae()
     x = torch.tensor([[1.0, 0.5], [0.2, 3.0], [2.0, 2.0]])  # positive: the ReLUs pass everything
     effects = logit_effects(model, sae, x, features=torch.tensor([1, 0]), amounts=torch.tensor([2.0, 0.5]))
     torch.testing.assert_close(effects, torch.tensor([[0.0, 2.0], [0.5, 0.0]]))

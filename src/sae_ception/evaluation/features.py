@@ -73,3 +73,23 @@ def logit_effects(model: Classifier, sae, inputs: Inputs, features: torch.Tensor
 
     base_C = spliced(None)
     return torch.stack([spliced(amount * row) - base_C for row, amount in zip(decoder_SD, amounts.tolist())]).cpu()
+
+
+def input_gradient_maps(model: Classifier, sae, x_ND: torch.Tensor, features: torch.Tensor,
+                        rows_per_feature: list[list[int]], device: str | torch.device = "cpu") -> torch.Tensor:
+    """(S, input features): for each feature, the gradient of its activation with respect to the input,
+    averaged over the given rows (its strongest examples): which input pattern drives it. Feature-vector
+    inputs only (images); all zeros for a feature with no rows."""
+    model = model.to(device).eval()
+    sae = sae.to(device).eval()
+    maps = torch.zeros(len(features), x_ND.shape[1])
+    for column, (feature, rows) in enumerate(zip(features.tolist(), rows_per_feature)):
+        if not rows:
+            continue
+        x = x_ND[rows].to(device).float().requires_grad_(True)
+        with torch.enable_grad(), model.capture_target() as captured:
+            model(x)
+            activation = sae.encode(captured.acts.float())[:, feature]
+            (grad,) = torch.autograd.grad(activation.sum(), x)
+        maps[column] = grad.mean(0).cpu()
+    return maps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sae_ception.evaluation.features import feature_statistics, logit_effects, most_active_features
+from sae_ception.evaluation.features import feature_statistics, input_gradient_maps, logit_effects, most_active_features
 from sae_ception.evaluation.representations import encode_all
 from sae_ception.run import RunContext
 from sae_ception.stages.activations import activations_for_cycle
@@ -30,6 +30,12 @@ def run_analysis(ctx: RunContext, cycle: int) -> Path:
     for entry, effects in zip(report, effects_SC):
         entry["logit_effects"] = effects.tolist()
         entry["promotes"], entry["suppresses"] = int(effects.argmax()), int(effects.argmin())
+    if not ctx.splits.is_text:  # images: which input pattern drives each feature, as a 2-D map
+        rows = [[example["index"] for example in entry["top_examples"]] for entry in report]
+        maps = input_gradient_maps(model, sae, ctx.splits.test.x, features, rows, ctx.accelerator.device)
+        shape = ctx.splits.input_shape if len(ctx.splits.input_shape) == 2 else (1, maps.shape[1])
+        for entry, heatmap in zip(report, maps):
+            entry["input_gradient_map"] = heatmap.view(*shape).tolist()
     path = ctx.layout.feature_report(cycle)
     if ctx.accelerator.is_main_process:
         write_json(path, {"cycle": cycle, "split": "test", "num_examples": len(test.labels_N),
