@@ -14,6 +14,24 @@ def run_in_process(task, run_dir: Path, overrides: list[str] = (), preflight=Non
     return run_task(compose_cfg(run_dir, list(overrides), base), task, preflight)
 
 
+def expect_one_line_error(caplog, run_dir: Path, overrides, match: str, task=None, preflight=None, base: list[str] = TINY):
+    """The run stops with exit code 2 and exactly one one-line error containing `match`, touching no file."""
+    import pytest
+
+    from sae_ception.stages.cycle import run_cycles
+
+    before = snapshot(run_dir) if run_dir.exists() else {}
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(task or run_cycles, run_dir, overrides, preflight, base=base)
+    assert exit_info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert match in errors[0], errors[0]
+    assert (snapshot(run_dir) if run_dir.exists() else {}) == before, "a rejected run must not change files"
+    return errors[0]
+
+
 def final_metrics(run_dir: Path) -> dict:
     return {p.name: json.loads(p.read_text())["metrics"] for p in sorted((run_dir / "results").glob("cycle_*.json"))}
 

@@ -6,7 +6,7 @@ from sae_ception.stages.cycle import run_cycles
 from sae_ception.stages.sae import run_sae
 from sae_ception.entrypoints import ENTRYPOINTS
 from tests.conftest import TINY, run_script
-from tests.pipeline.helpers import run_in_process, snapshot
+from tests.pipeline.helpers import expect_one_line_error, run_in_process, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -16,19 +16,6 @@ def existing_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("existing")
     run_in_process(run_cycles, run_dir, ["cycle.max_cycles=0"])
     return run_dir
-
-
-def expect_one_line_error(caplog, run_dir, overrides, match, task=run_cycles, preflight=None):
-    before = snapshot(run_dir) if run_dir.exists() else {}
-    caplog.clear()
-    with pytest.raises(SystemExit) as exit_info:
-        run_in_process(task, run_dir, overrides, preflight)
-    assert exit_info.value.code == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert match in errors[0], errors[0]
-    assert (snapshot(run_dir) if run_dir.exists() else {}) == before, "a rejected run must not change files"
-    return errors[0]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from sae_ception.stages.cycle import reevaluate, run_cycles
 from tests.conftest import TEXT_TINY
 from tests.data.test_data_text import word_tokenizer_folder, write_tsv
 from tests.models.tiny_transformers import save_tiny
-from tests.pipeline.helpers import run_in_process, snapshot
+from tests.pipeline.helpers import expect_one_line_error, run_in_process, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -89,14 +89,8 @@ def test_a_decoder_with_no_pad_token_runs_a_cycle(tiny_gpt2_task, tmp_path, capl
     assert all(r["metrics"]["performance"]["accuracy"] >= 0 for r in results(run_dir))
 
 
-def expect_one_line_error(caplog, run_dir, overrides, match, base=TEXT_TINY):
-    caplog.clear()
-    with pytest.raises(SystemExit) as exit_info:
-        run_in_process(run_cycles, run_dir, overrides, base=base)
-    assert exit_info.value.code == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert match in errors[0], errors[0]
+def expect_text_error(caplog, run_dir, overrides, match, base=TEXT_TINY):
+    expect_one_line_error(caplog, run_dir, overrides, match, base=base)
     assert not (run_dir / "checkpoints").exists(), "nothing may be trained before the error"
 
 
@@ -110,25 +104,25 @@ def expect_one_line_error(caplog, run_dir, overrides, match, base=TEXT_TINY):
     (["model.gradient_accumulation_steps=3"], "model.gradient_accumulation_steps=3 must be a positive divisor"),
 ])
 def test_bad_text_settings_stop_in_one_line(minilm, tmp_path, caplog, overrides, match):
-    expect_one_line_error(caplog, tmp_path / "run", overrides, match)
+    expect_text_error(caplog, tmp_path / "run", overrides, match)
 
 
 def test_a_transformer_on_image_data_stops_in_one_line(minilm, tmp_path, caplog):
-    expect_one_line_error(caplog, tmp_path / "run", [], "model.name=transformer reads text but dataset=digits",
+    expect_text_error(caplog, tmp_path / "run", [], "model.name=transformer reads text but dataset=digits",
                           base=["model=minilm", "wandb.mode=disabled", "progress=false", "device=cpu", "plots=false"])
 
 
 def test_labels_beyond_num_classes_stop_in_one_line(tiny_gpt2_task, tmp_path, caplog):
     data, model = tiny_gpt2_task
     write_tsv(data / "train.tsv", [("good film", i % 3) for i in range(60)])
-    expect_one_line_error(caplog, tmp_path / "run", [f"model.pretrained={model}"],
+    expect_text_error(caplog, tmp_path / "run", [f"model.pretrained={model}"],
                           "dataset.num_classes=2 but sst2's labels go up to 2", base=[*TEXT_TINY, "model=gpt2_small",
                                                                                       f"dataset.path={data}"])
 
 
 def test_a_model_that_cannot_be_loaded_offline_says_how_to_give_a_local_path(tmp_path, caplog, monkeypatch, shared_sst2):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    expect_one_line_error(caplog, tmp_path / "run", ["model.pretrained=nobody/no-such-model"],
+    expect_text_error(caplog, tmp_path / "run", ["model.pretrained=nobody/no-such-model"],
                           "model.pretrained='nobody/no-such-model': cannot load its config",
                           base=[*TEXT_TINY, "model=gpt2_small"])
     assert "set model.pretrained=/path/to/the/model/folder" in caplog.records[-1].getMessage()

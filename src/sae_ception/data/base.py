@@ -70,7 +70,7 @@ class DataSplits:
         return 0 if self.is_text else int(self.train.x[0].numel())
 
 
-class ImageDataset:
+class DatasetSource:
     """Base for registered datasets: subclasses set `config_class` and implement `load`."""
 
     config_class = DatasetConfig

@@ -2,13 +2,13 @@
 
 from sklearn.datasets import load_digits
 
-from sae_ception.data.base import DATASETS, DatasetConfig, DataSplits, ImageDataset
+from sae_ception.data.base import DATASETS, DatasetConfig, DataSplits, DatasetSource
 from sae_ception.data.splitting import build_splits
 from sae_ception.errors import ConfigError
 
 
 @DATASETS.register("digits")
-class Digits(ImageDataset):
+class Digits(DatasetSource):
     def load(self, cfg: DatasetConfig, seed: int) -> DataSplits:
         if cfg.path is not None:
             raise ConfigError(f"dataset.path={cfg.path!r} is not used by digits (bundled with scikit-learn); set it to null")

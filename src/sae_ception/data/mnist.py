@@ -6,10 +6,11 @@ from typing import Optional
 
 import numpy as np
 
-from sae_ception.data.base import DATASETS, DatasetConfig, DataSplits, ImageDataset
+from sae_ception.data.base import DATASETS, DatasetConfig, DataSplits, DatasetSource
 from sae_ception.data.idx import read_idx
 from sae_ception.data.splitting import Arrays, build_splits
 from sae_ception.errors import ArtifactError
+from sae_ception.utils.io import user_path
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,13 @@ EXPECTED = "train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] and/or t
 
 
 @DATASETS.register("mnist")
-class MNIST(ImageDataset):
+class MNIST(DatasetSource):
     def load(self, cfg: DatasetConfig, seed: int) -> DataSplits:
         if cfg.path is None:
             train, test = load_from_hub()
             origin = f"Hugging Face hub {HUB_ID} (train {len(train[1])}, test {len(test[1])})"
             return build_splits(cfg, seed, train, test, scale=255.0, origin=origin)
-        folder = resolve_path(cfg.path)
+        folder = user_path(cfg.path)
         pairs = read_pairs(folder)
         if len(pairs) == 2:
             shapes = {p: arrays[0].shape[1:] for p, arrays in pairs.items()}
@@ -43,16 +44,6 @@ class MNIST(ImageDataset):
             prefix, folder, n - n_val - n_test, n_val, n_test, n,
         )
         return splits
-
-
-def resolve_path(path: str) -> Path:
-    """A relative dataset.path means relative to where the user ran the command, not Hydra's run folder."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import to_absolute_path
-    except ImportError:  # pragma: no cover - hydra is a dependency, but the loader does not need it
-        return Path(path)
-    return Path(to_absolute_path(path)) if HydraConfig.initialized() else Path(path)
 
 
 def read_pairs(folder: Path) -> dict[str, Arrays]:

@@ -16,10 +16,10 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from sae_ception.data.base import DATASETS, DatasetConfig, DataSplits, ImageDataset, Split
-from sae_ception.data.mnist import resolve_path
+from sae_ception.data.base import DATASETS, DatasetConfig, DataSplits, DatasetSource, Split
 from sae_ception.data.splitting import carve
 from sae_ception.errors import ArtifactError, ConfigError
+from sae_ception.utils.io import user_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TextDatasetConfig(DatasetConfig):
 Table = tuple[list[str], np.ndarray]  # (texts, int64 labels)
 
 
-class TextDataset(ImageDataset):
+class TextDataset(DatasetSource):
     """Base of the registered text datasets; each subclass only names its defaults in its YAML file."""
 
     config_class = TextDatasetConfig
@@ -60,7 +60,7 @@ class TextDataset(ImageDataset):
         if cfg.path is None:
             train, test, origin = load_from_hub(cfg)
         else:
-            train, test, origin = load_from_folder(cfg, resolve_path(cfg.path))
+            train, test, origin = load_from_folder(cfg, user_path(cfg.path))
         return text_splits(cfg, seed, train, test, origin)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from sae_ception.models import Classifier
-from sae_ception.utils.batching import Inputs, inference_batches, to_device
+from sae_ception.utils.batching import Inputs
 
 
 def most_active_features(codes_NF: torch.Tensor, count: int) -> torch.Tensor:
@@ -63,13 +63,8 @@ def logit_effects(model: Classifier, sae, inputs: Inputs, features: torch.Tensor
             recon_norm = sae.decode_normalized(codes) + (0 if shift_D is None else shift_D)
             return sae.denormalize(recon_norm).to(acts.dtype)
 
-        total, count = None, 0
         with model.splice_target(replace):
-            for _, batch in inference_batches(inputs, batch_size):
-                logits = model(to_device(batch, device)).float()
-                total = logits.sum(0) if total is None else total + logits.sum(0)
-                count += len(logits)
-        return total / count
+            return model.logits_of(inputs, batch_size, device).mean(0)
 
     base_C = spliced(None)
     return torch.stack([spliced(amount * row) - base_C for row, amount in zip(decoder_SD, amounts.tolist())]).cpu()

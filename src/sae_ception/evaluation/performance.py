@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from sklearn.metrics import f1_score
 
 from sae_ception.models import Classifier
-from sae_ception.utils.batching import Inputs, inference_batches, num_rows, to_device
+from sae_ception.utils.batching import Inputs
 
 
 def f1_scores(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
@@ -33,15 +33,8 @@ def spliced_logits(model: Classifier, sae, x: Inputs, accelerator: Accelerator, 
     replaced by the SAE's reconstruction of it."""
     model = model.to(accelerator.device).eval()
     sae = sae.to(accelerator.device).eval()
-    out = None
     with model.splice_target(lambda acts: sae.decode(sae.encode(acts.float())).to(acts.dtype), token_level):
-        for rows, xb in inference_batches(x, batch_size):
-            with accelerator.autocast():
-                logits = model(to_device(xb, accelerator.device)).float().cpu()
-            if out is None:
-                out = torch.empty(num_rows(x), logits.shape[1])
-            out[rows] = logits
-    return out if out is not None else torch.zeros(0, 0)
+        return model.logits_of(x, batch_size, accelerator.device, accelerator.autocast)
 
 
 def performance_metrics(

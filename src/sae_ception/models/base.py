@@ -63,9 +63,9 @@ class ModelConfig:
 class Classifier(nn.Module):
     """A classifier whose target activation SAE-ception reads and sharpens.
 
-    Subclasses say which module's output holds it (`target_module`), how that output becomes the
-    per-example activation the SAE and auxiliary loss see (`target_views`), and how a new activation is
-    written back (`splice`). Transformers pool tokens here; the MLP's output is already per example.
+    Subclasses say which blocks hold it (`block_list`; `cfg.target_layer` picks one), how a block's output
+    becomes the per-example activation the SAE and auxiliary loss see (`per_example`; `per_token` for a
+    token-level SAE), and how a new activation is written back (`splice`). Transformers pool tokens here; the MLP's output is already per example.
     """
 
     config_class = ModelConfig
@@ -108,6 +108,18 @@ class Classifier(nn.Module):
     def splice(self, output: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], token_level: bool) -> torch.Tensor:
         """The target module's output with its per-example (or per-token) activation replaced by `fn` of it."""
         return fn(output)
+
+    @torch.no_grad()
+    def logits_of(self, inputs, batch_size: int, device, autocast=contextlib.nullcontext) -> torch.Tensor:
+        """(N, C) logits of a whole split on the CPU, in data order (batches are visited longest text first)."""
+        from sae_ception.utils.batching import inference_batches, num_rows, to_device
+
+        self.eval()
+        out = torch.zeros(num_rows(inputs), getattr(self, "num_classes", 0))
+        for rows, batch in inference_batches(inputs, batch_size):
+            with autocast():
+                out[rows] = self(to_device(batch, device)).float().cpu()
+        return out
 
     @contextlib.contextmanager
     def capture_target(self) -> Iterator["TargetCapture"]:

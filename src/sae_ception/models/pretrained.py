@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sae_ception.errors import ArtifactError
+from sae_ception.utils.io import user_path
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,8 @@ def resolve_source(pretrained: str) -> str:
         if not (folder / "config.json").is_file():
             raise ArtifactError(f"model.pretrained={pretrained}: {folder} holds no config.json")
         return str(folder)
-    local = Path(_absolute(pretrained))
+    local = user_path(pretrained)
     return str(local) if local.exists() else pretrained
-
-
-def _absolute(path: str) -> str:
-    """Relative folders mean relative to where the user ran the command, not Hydra's run folder."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import to_absolute_path
-
-        return to_absolute_path(path) if HydraConfig.initialized() else path
-    except ImportError:  # pragma: no cover
-        return path
 
 
 def _load_failed(pretrained: str, what: str, ex: Exception) -> ArtifactError:

@@ -41,54 +41,51 @@ def calibrate_penalty(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tens
     count = max(cfg.batch_size, int(len(train_ND) * cfg.calibration_fraction))
     subset = train_ND[torch.randperm(len(train_ND), generator=generator)[:count].sort().values]
     epochs = max(1, round(cfg.epochs * len(train_ND) / count)) if cfg.epochs > 0 else 0  # the full run's steps
-    trials: list[dict] = []
+    points: list[tuple[float, float]] = []  # (log coefficient, log validation L0) of every trial
 
-    def log_l0(log_coefficient: float) -> float:
+    def trial(log_coefficient: float) -> tuple[float, float]:
         log_coefficient = min(max(log_coefficient, LOG_RANGE[0]), LOG_RANGE[1])
         trial_cfg = replace(cfg, epochs=epochs, **{setting: math.exp(log_coefficient)})
         sae = build_sae(trial_cfg, train_ND.shape[1])
         train_sae(sae, subset, trial_cfg, accelerator=accelerator, seed=seed, show_progress=False)
         l0 = mean_l0(sae, val_ND)
-        trials.append({setting: math.exp(log_coefficient), "val_l0": l0})
         log.info("calibration: %s=%.4g -> validation L0 %.2f (target %g)", setting, math.exp(log_coefficient), l0, target)
-        return math.log(max(l0, 1e-3))
+        points.append((log_coefficient, _log(l0)))
+        return points[-1]
 
-    goal = math.log(target)
-    start = math.log(getattr(cfg, setting)) if getattr(cfg, setting) > 0 else math.log(1e-3)
-    near = lambda point: abs(point[1] - goal) <= math.log1p(tolerance)  # noqa: E731
-    low = (start, log_l0(start))
+    goal = _log(target)
+    miss = lambda point: abs(point[1] - goal)  # noqa: E731
+    searching = lambda: len(points) < max_trials and min(map(miss, points)) > math.log1p(tolerance)  # noqa: E731
+    low = trial(math.log(getattr(cfg, setting)) if getattr(cfg, setting) > 0 else math.log(1e-3))
     high = None
     step = math.log(4.0) if low[1] > goal else -math.log(4.0)  # a larger coefficient lowers L0
-    while high is None and not near(low) and len(trials) < max_trials and LOG_RANGE[0] < low[0] + step < LOG_RANGE[1]:
-        point = (low[0] + step, log_l0(low[0] + step))
-        if (point[1] - goal) * (low[1] - goal) <= 0:
-            high = point
-        else:
-            low = point
-    best = low
-    while high is not None and not near(best) and len(trials) < max_trials:
+    while high is None and searching() and LOG_RANGE[0] < low[0] + step < LOG_RANGE[1]:  # bracket the target
+        point = trial(low[0] + step)
+        high, low = (point, low) if (point[1] - goal) * (low[1] - goal) <= 0 else (None, point)
+    while high is not None and searching():  # interpolate inside the bracket
         x = low[0] + (goal - low[1]) * (high[0] - low[0]) / (high[1] - low[1]) if high[1] != low[1] else (low[0] + high[0]) / 2
-        point = (x, log_l0(x))
-        if (point[1] - goal) * (low[1] - goal) > 0:
-            low = point
-        else:
-            high = point
-        best = min((low, high), key=lambda p: abs(p[1] - goal))
-    closest = min(trials, key=lambda t: abs(math.log(max(t["val_l0"], 1e-3)) - goal))
-    best = (math.log(closest[setting]), math.log(max(closest["val_l0"], 1e-3)))
-    if high is None and not near(best):
+        point = trial(x)
+        low, high = (point, high) if (point[1] - goal) * (low[1] - goal) > 0 else (low, point)
+    best = min(points, key=miss)
+    if high is None and miss(best) > math.log1p(tolerance):
         log.warning("calibration: no %s in [%g, %g] reached validation L0 %g (closest: %.2f); using the closest",
-                    setting, math.exp(LOG_RANGE[0]), math.exp(LOG_RANGE[1]), target, closest["val_l0"])
+                    setting, math.exp(LOG_RANGE[0]), math.exp(LOG_RANGE[1]), target, math.exp(best[1]))
     coefficient = math.exp(best[0])
+    trials = [{setting: math.exp(x), "val_l0": math.exp(y)} for x, y in points]
     return replace(cfg, **{setting: coefficient}), {"setting": setting, "target_l0": target, "coefficient": coefficient,
                                                     "subset_rows": count, "trials": trials}
 
 
+def _log(l0: float) -> float:
+    return math.log(max(l0, 1e-3))
+
+
 def _slope(trials: list[dict], setting: str) -> float:
-    """d log L0 / d log coefficient from the two trials nearest each other in L0 (negative); -1 if unknown."""
-    points = sorted((math.log(t[setting]), math.log(max(t["val_l0"], 1e-3))) for t in trials)
+    """d log L0 / d log coefficient: the shallowest falling segment between neighbouring trials (so the
+    correction it implies is the cautious one), or -1 when no segment falls."""
+    points = sorted((math.log(t[setting]), _log(t["val_l0"])) for t in trials)
     slopes = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points, points[1:]) if b[0] != a[0] and b[1] < a[1]]
-    return max(slopes, default=-1.0) if slopes else -1.0
+    return max(slopes) if slopes else -1.0
 
 
 def train_calibrated(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tensor, *, accelerator: Accelerator,
@@ -113,7 +110,7 @@ def train_calibrated(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tenso
             record["correction"] = "thresholds re-tuned on validation rows"
         else:
             setting = record["setting"]
-            factor = math.exp((math.log(max(l0, 1e-3)) - math.log(cfg.target_l0)) / -_slope(record["trials"], setting))
+            factor = math.exp((_log(l0) - _log(cfg.target_l0)) / -_slope(record["trials"], setting))
             factor = min(max(factor, 1 / 16), 16.0)
             coefficient = min(max(getattr(calibrated, setting) * factor, math.exp(LOG_RANGE[0])), math.exp(LOG_RANGE[1]))
             calibrated = replace(calibrated, **{setting: coefficient})

@@ -35,21 +35,20 @@ class Workspace:
             self._buffers[name] = buffer
         return buffer
 
+    def like(self, param: torch.nn.Parameter) -> Tensor:
+        """A gradient buffer laid out like `param` (the fused Adam kernel walks both with its strides)."""
+        name = f"grad_{id(param)}"
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != param.shape or buffer.stride() != param.stride() or buffer.dtype != param.dtype:
+            buffer = self._buffers[name] = torch.empty_like(param)
+        return buffer
+
 
 def workspace(sae) -> Workspace:
     found = sae.__dict__.get("_workspace")
     if found is None:
         found = sae.__dict__["_workspace"] = Workspace()
     return found
-
-
-def _grad_buffer(ws: Workspace, param: torch.nn.Parameter) -> Tensor:
-    """A gradient tensor laid out like its parameter (the fused Adam kernel walks both with its strides)."""
-    name = f"grad_{id(param)}"
-    buffer = ws._buffers.get(name)
-    if buffer is None or buffer.shape != param.shape or buffer.stride() != param.stride() or buffer.dtype != param.dtype:
-        buffer = ws._buffers[name] = torch.empty_like(param)
-    return buffer
 
 
 def _folded_encoder_bias(sae) -> Tensor:
@@ -65,7 +64,7 @@ def _mse_and_recon_grad(ws: Workspace, recon_norm_BD: Tensor, x_norm_BD: Tensor)
 
 
 def _decoder_weight_grad(sae, ws: Workspace, codes_BF: Tensor, g_recon_BD: Tensor) -> None:
-    grad = _grad_buffer(ws, sae.W_dec_FD)
+    grad = ws.like(sae.W_dec_FD)
     torch.mm(codes_BF.T, g_recon_BD, out=grad)
     sae.W_dec_FD.grad = grad
 
@@ -73,7 +72,7 @@ def _decoder_weight_grad(sae, ws: Workspace, codes_BF: Tensor, g_recon_BD: Tenso
 def _encoder_grads(sae, ws: Workspace, x_norm_BD: Tensor, g_pre_BF: Tensor, g_recon_sum_D: Tensor) -> None:
     """W_enc, b_enc and b_dec gradients, given the pre-activation gradient g_pre (B × F)."""
     g_pre_sum_F = g_pre_BF.sum(0)
-    grad = _grad_buffer(ws, sae.W_enc_DF)
+    grad = ws.like(sae.W_enc_DF)
     torch.mm(x_norm_BD.T, g_pre_BF, out=grad)
     sae.W_enc_DF.grad = grad.addr_(sae.b_dec_D, g_pre_sum_F, alpha=-1)
     sae.b_enc_F.grad = g_pre_sum_F

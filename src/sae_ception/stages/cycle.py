@@ -43,23 +43,24 @@ def run_cycles(ctx: RunContext) -> list[dict]:
     return results
 
 
+def evaluable_cycles(ctx: RunContext) -> list[int]:
+    """`eval_cycle` when set, else every cycle of the run folder with both a model and an SAE."""
+    if ctx.cfg.eval_cycle is not None:
+        return [ctx.cfg.eval_cycle]
+    return [c for c in ctx.layout.model_cycles() if checkpoint_exists(ctx.layout.sae(c))]
+
+
 def reevaluate(ctx: RunContext) -> list[dict]:
     """scripts/evaluate.py: recompute the results of every cycle that has a model and an SAE (or of
     `eval_cycle` only), without training anything."""
-    cycles = [c for c in ctx.layout.model_cycles() if checkpoint_exists(ctx.layout.sae(c))]
-    if ctx.cfg.eval_cycle is not None:
-        cycles = [ctx.cfg.eval_cycle]
-    results = [run_evaluate(ctx, cycle, recompute=True) for cycle in cycles]
+    results = [run_evaluate(ctx, cycle, recompute=True) for cycle in evaluable_cycles(ctx)]
     report(ctx, results)
     return results
 
 
 def analyze(ctx: RunContext) -> list[Path]:
     """scripts/analyze_features.py: feature reports of every cycle with a model and an SAE (or `eval_cycle`)."""
-    cycles = [c for c in ctx.layout.model_cycles() if checkpoint_exists(ctx.layout.sae(c))]
-    if ctx.cfg.eval_cycle is not None:
-        cycles = [ctx.cfg.eval_cycle]
-    return [run_analysis(ctx, cycle) for cycle in cycles]
+    return [run_analysis(ctx, cycle) for cycle in evaluable_cycles(ctx)]
 
 
 def report(ctx: RunContext, results: list[dict]) -> None:

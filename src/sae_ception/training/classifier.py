@@ -18,7 +18,8 @@ from transformers import get_scheduler
 
 from sae_ception.models import Classifier
 from sae_ception.training.auxiliary_loss import cosine_alignment_loss
-from sae_ception.utils.batching import example_lengths, inference_batches, num_batches, shuffled_batches, take, to_device
+from sae_ception.evaluation.performance import accuracy_and_loss
+from sae_ception.utils.batching import example_lengths, num_batches, shuffled_batches, take, to_device
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,10 @@ def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Pa
 
 @torch.no_grad()
 def evaluate_classifier(model: Classifier, split: Split, accelerator: Accelerator, batch_size: int) -> dict[str, float]:
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    for rows, x in inference_batches(split.x, batch_size):
-        with accelerator.autocast():
-            logits = model(to_device(x, accelerator.device)).float()
-        y = split.y[rows].to(accelerator.device)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-    n = max(len(split.y), 1)
-    return {"accuracy": correct / n, "loss": loss_sum / n}
+    if len(split.y) == 0:
+        return {"accuracy": 0.0, "loss": 0.0}
+    logits = model.logits_of(split.x, batch_size, accelerator.device, accelerator.autocast)
+    return accuracy_and_loss(logits, split.y)
 
 
 def _forward_losses(model, raw_model: Classifier, x, y, idx, targets_ND, aux: Optional[AuxiliaryTargets], device,

@@ -50,12 +50,6 @@ def num_rows(inputs: Inputs) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
 
 
-def sequential_batches(inputs: Inputs, batch_size: int) -> Iterator[Inputs]:
-    """Consecutive batches in order."""
-    for start in range(0, num_rows(inputs), batch_size):
-        yield take(inputs, slice(start, start + batch_size))
-
-
 def example_lengths(inputs: Inputs) -> Optional[torch.Tensor]:
     """Tokens per example for text inputs; None for feature vectors."""
     return inputs["attention_mask"].sum(1) if isinstance(inputs, dict) else None

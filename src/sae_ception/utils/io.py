@@ -17,6 +17,17 @@ from safetensors.torch import load_file, save_file
 from sae_ception.errors import ArtifactError
 
 WEIGHTS_FILE = "weights.safetensors"
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """A path the user typed: relative ones mean relative to where they ran the command, not Hydra's run
+    folder (Hydra may change the working directory)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import to_absolute_path
+    except ImportError:  # pragma: no cover - hydra is a dependency, but the loaders do not need it
+        return Path(path)
+    return Path(to_absolute_path(str(path))) if HydraConfig.initialized() else Path(path)
 META_FILE = "config.json"
 
 
