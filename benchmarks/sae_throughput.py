@@ -13,9 +13,15 @@ included), and MSE, EV and L0 are the medians over the same seeds (one seed's SA
 The matmul bound times the five float32 GEMMs one SAE step needs at these shapes (encoder and decoder
 forward, decoder input-gradient, decoder and encoder weight gradients), each at its median of 50
 back-to-back runs, and says how many rows per second a step made of nothing else would reach. It is
-measured right before every timed run, and each run's fraction of the bound uses its own measurement. SAELens is not a dependency of the product; without it the
-table shows the product's rows only. A last row trains the product's ReLU-L1 SAE with its L1
-coefficient calibrated to SAELens's L0, so reconstruction quality is also compared at equal sparsity.
+measured right before every timed run, and each run's fraction of the bound uses its own measurement.
+
+Both trainers train the same SAE with the same hyperparameters: for ReLU-L1, SAELens's StandardTrainingSAE
+(free decoder rows started at norm 0.1, tied encoder, L1 weighted by row norms) is the product's
+`decoder_norm=free`; the product's loss is SAELens's divided by d_in (mean over dims, not sum), so its L1
+weight and gradient-clipping norm are SAELens's divided by d_in. SAELens is not a dependency of the
+product; without it the table shows the product's rows only. A last row trains the product's default ReLU
+SAE (unit-norm decoder rows) with its L1 coefficient calibrated to SAELens's L0, so the default is also
+compared at equal sparsity.
 """
 
 from __future__ import annotations
@@ -87,10 +93,16 @@ def quality(encode: Callable, decode: Callable, held_out: torch.Tensor) -> Quali
 
 # --- the product's trainer (the one every stage uses) ------------------------------------------------------
 def product_config(kind: str, args) -> object:
+    """The SAE SAELens trains: for ReLU, a free decoder started at `--decoder-init-norm` with the L1 term
+    weighted by decoder-row norms (SAELens's StandardTrainingSAE); `args.unit_decoder` gives the product's
+    default instead (rows renormalised every step)."""
+    # SAELens clips its gradient at norm 1 on a loss summed over dims, d_in times the product's per-element mean
     common = dict(d_sae=args.d_sae, epochs=1, batch_size=args.batch, lr=args.lr, normalize="none",
-                  grad_clip=1.0, dead_after_examples=args.batch * 100, log_every=10**9)
-    if kind == "relu":
-        return ReluSAEConfig(type="relu", l1_coefficient=args.l1 / args.d_in, **common)
+                  grad_clip=1.0 / args.d_in, dead_after_examples=args.batch * 100, log_every=10**9)
+    if kind == "relu":  # SAELens sums the squared error over dims, the product averages: L1 weight / d_in
+        decoder = dict(decoder_norm="unit") if getattr(args, "unit_decoder", False) else \
+            dict(decoder_norm="free", decoder_init_norm=args.decoder_init_norm)
+        return ReluSAEConfig(type="relu", l1_coefficient=args.l1 / args.d_in, **decoder, **common)
     return TopKSAEConfig(type="topk", k=args.k, **common)
 
 
@@ -110,10 +122,9 @@ def train_saelens(kind: str, acts: torch.Tensor, args, seed: int):
 
     torch.manual_seed(seed)
     common = dict(d_in=acts.shape[1], d_sae=args.d_sae, device="cpu", dtype="float32", normalize_activations="none")
-    if args.saelens_decoder_init_norm is not None:
-        common["decoder_init_norm"] = args.saelens_decoder_init_norm
-    if kind == "relu":  # SAELens sums the squared error over dims: its L1 weight is D times ours for the same trade-off
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=args.l1, **common))
+    if kind == "relu":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=args.l1,
+                                                            decoder_init_norm=args.decoder_init_norm, **common))
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=args.k, **common))
     n = len(acts) - len(acts) % args.batch
@@ -155,10 +166,12 @@ def timed_runs(train: Callable, kind: str, acts: torch.Tensor, held_out: torch.T
 
 
 def match_l0(acts: torch.Tensor, held_out: torch.Tensor, args, target_l0: float, steps: int = 6) -> tuple[float, dict]:
-    """The product's ReLU-L1 SAE with its L1 coefficient rescaled until its held-out L0 (seed 0) matches
-    `target_l0`: bracket by halving or doubling λ, then `steps` interpolations in log λ / log L0 inside
-    the bracket (L0 falls as λ grows). Reconstruction quality is then compared at equal sparsity."""
+    """The product's default ReLU-L1 SAE (unit decoder rows) with its L1 coefficient rescaled until its
+    held-out L0 (seed 0) matches `target_l0`: bracket by halving or doubling λ, then `steps` interpolations
+    in log λ / log L0 inside the bracket (L0 falls as λ grows). Quality is then compared at equal sparsity."""
     import math
+
+    args = argparse.Namespace(**{**vars(args), "unit_decoder": True})
 
     def log_l0(l1: float) -> float:
         encode, decode = train_product("relu", acts, argparse.Namespace(**{**vars(args), "l1": l1}), seed=0)
@@ -205,8 +218,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-match-l0", dest="match_l0", action="store_false",
                         help="skip the extra ReLU-L1 row whose L1 coefficient is calibrated to SAELens's L0")
-    parser.add_argument("--saelens-decoder-init-norm", type=float, default=None,
-                        help="SAELens's decoder_init_norm (default: the library's, 0.1); 1.0 starts it like the product")
+    parser.add_argument("--decoder-init-norm", type=float, default=0.1,
+                        help="ReLU: starting decoder-row norm of both trainers' SAEs (SAELens's default: 0.1)")
     args = parser.parse_args()
 
     data = synthetic(args.rows + args.held_out, args.d_in)
@@ -233,8 +246,8 @@ def main() -> None:
         q = matched["quality"]
         print(f"relu   {'sae-ception':<12} {matched['speed']:>10,.0f} "
               f"{matched['speed'] / rows[('relu', 'SAELens')]['speed']:>9.2f}x {matched['fraction']:>8.0%} "
-              f"{q.mse:>13.5f} {q.explained_variance:>7.4f} {q.l0:>7.1f}   <- L1 {l1:.3g} (x{l1 / args.l1:.2f}), "
-              "calibrated to SAELens's L0")
+              f"{q.mse:>13.5f} {q.explained_variance:>7.4f} {q.l0:>7.1f}   <- unit-norm decoder (the product's default), "
+              f"L1 {l1:.3g} (x{l1 / args.l1:.2f}) calibrated to SAELens's L0")
     if not saelens_available():
         print("\nSAELens is not installed here: see the docstring for the benchmark's environment.")
 

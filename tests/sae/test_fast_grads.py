@@ -55,6 +55,61 @@ def test_relu_step_matches_autograd(normalize, step):
     assert (ref.codes_BF != 0).any() and (ref.codes_BF == 0).any()  # both ReLU branches are exercised
 
 
+@pytest.mark.parametrize("chunk_rows", [8, 7, 1])
+@pytest.mark.parametrize("norm_weighted", [False, True])
+def test_relu_step_in_row_blocks_equals_the_whole_batch(chunk_rows, norm_weighted):
+    """Blocks (7 leaves a ragged last block) accumulate to the same losses, gradients, codes and L0."""
+    from sae_ception.sae.fast_grads import relu_loss_and_grads
+
+    sae = perturbed(ReluSAEConfig(d_sae=16, normalize="standardize", l1_coefficient=0.05))
+    x = torch.randn(32, 6, dtype=torch.float64) * 2
+    state = TrainingState(step=0, dead_F=torch.zeros(16, dtype=torch.bool), any_dead=False)
+    if norm_weighted:
+        with torch.no_grad():
+            sae.W_dec_FD.mul_(torch.linspace(0.5, 2.0, 16, dtype=torch.float64).unsqueeze(1))
+        sae.cfg.decoder_norm = "free"
+    ref, ref_grads = reference(sae, x, state)
+    sae.zero_grad(set_to_none=True)
+    out = relu_loss_and_grads(sae, x, 0.05, norm_weighted=norm_weighted, chunk_rows=chunk_rows)
+    for key in ("mse", "l1", "total"):
+        torch.testing.assert_close(out.losses[key], ref.losses[key])
+    torch.testing.assert_close(out.codes_BF, ref.codes_BF)
+    torch.testing.assert_close(out.recon, ref.recon)
+    torch.testing.assert_close(out.l0, (ref.codes_BF != 0).double().sum(-1).mean())
+    for name, param in sae.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name], msg=name)
+
+
+def test_cpu_row_blocks_fit_the_cache_and_accelerators_take_the_whole_batch():
+    from sae_ception.sae.fast_grads import rows_per_chunk
+
+    assert rows_per_chunk(4096, 1024, torch.device("cpu")) == 512  # 512 x 1024 float32 = 2 MiB
+    assert rows_per_chunk(4096, 65536, torch.device("cpu")) == 128  # never below the GEMM-friendly minimum
+    assert rows_per_chunk(64, 1024, torch.device("cpu")) == 64
+    assert rows_per_chunk(4096, 1024, torch.device("meta")) == 4096
+
+
+@pytest.mark.parametrize("normalize", ["none", "scale"])
+def test_relu_step_with_a_free_decoder_matches_autograd(normalize):
+    """decoder_norm=free: the L1 term weights each code by its decoder row's norm, rows of unequal norms."""
+    cfg = ReluSAEConfig(d_sae=16, normalize=normalize, l1_coefficient=0.05, decoder_norm="free", decoder_init_norm=0.3)
+    sae = perturbed(cfg)
+    with torch.no_grad():
+        sae.W_dec_FD.mul_(torch.linspace(0.5, 2.0, 16, dtype=torch.float64).unsqueeze(1))
+    x = torch.randn(32, 6, dtype=torch.float64) * 2
+    state = TrainingState(step=3, dead_F=torch.zeros(16, dtype=torch.bool), any_dead=False)
+    ref, ref_grads = reference(sae, x, state)
+    out, grads = fast(sae, x, state)
+    norms = sae.W_dec_FD.norm(dim=-1)
+    torch.testing.assert_close(ref.losses["l1"], (ref.codes_BF * norms).sum(-1).mean())  # the weighted penalty
+    for key in ("mse", "l1", "total"):
+        torch.testing.assert_close(out.losses[key], ref.losses[key])
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], msg=name)
+    radial = (ref_grads["W_dec_FD"] * sae.W_dec_FD).sum(-1)
+    assert radial.abs().max() > 1e-3  # the penalty does pull on row norms (what `unit` would project away)
+
+
 @pytest.mark.parametrize("normalize", ["none", "standardize"])
 def test_topk_step_matches_autograd_while_no_latent_is_dead(normalize):
     cfg = TopKSAEConfig(d_sae=16, k=3, normalize=normalize)

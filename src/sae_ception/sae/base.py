@@ -224,6 +224,9 @@ class SparseAutoencoder(nn.Module):
         if grad_FD is not None:
             grad_FD -= (grad_FD * self.W_dec_FD).sum(-1, keepdim=True) * self.W_dec_FD
 
+    def finish_training_(self) -> None:
+        """Called once when training ends (variants that train in another parametrisation convert here)."""
+
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, directory: Union[str, Path], extra: Optional[dict] = None) -> Path:
         """Weights + a config.json that rebuilds this SAE without the original run's config."""

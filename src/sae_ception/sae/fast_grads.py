@@ -5,7 +5,10 @@ Autograd on `forward` is correct but does work a training step does not need. Wr
   (a whole B × d_in × d_sae GEMM) is computed; its effect on the gradients of W_enc and b_dec is a
   rank-one term and a matrix-vector product;
 - the L1 gradient is a constant, added inside the decoder-gradient GEMM as its bias;
-- the ReLU backward, L0 and the firing statistics reuse tensors the forward pass already made;
+- the ReLU backward, L0 and the firing statistics reuse tensors the forward pass already made, and sums
+  over the batch are matrix-vector products (a column `.sum(0)` is several times slower on CPU);
+- on a CPU the ReLU step runs in row blocks small enough for a core's cache (`rows_per_chunk`), so the
+  elementwise passes between GEMMs read and write cache, not main memory;
 - the TopK decoder reads only the k chosen rows of W_dec (`embedding_bag`), not a dense B × d_sae matrix;
 - every large tensor lives in a `Workspace` reused from step to step: allocating fresh 16 MB tensors each
   step made the CPU allocator map and fault in new pages every time (about a third of a step).
@@ -33,6 +36,14 @@ class Workspace:
         if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = torch.empty(shape, dtype=like.dtype, device=like.device)
             self._buffers[name] = buffer
+        return buffer
+
+    def ones(self, n: int, like: Tensor) -> Tensor:
+        """A vector of n ones: column sums as GEMVs (a B x F `.sum(0)` is several times slower on CPU)."""
+        name = f"ones_{n}"
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._buffers[name] = torch.ones(n, dtype=like.dtype, device=like.device)
         return buffer
 
     def like(self, param: torch.nn.Parameter) -> Tensor:
@@ -71,10 +82,15 @@ def _decoder_weight_grad(sae, ws: Workspace, codes_BF: Tensor, g_recon_BD: Tenso
 
 def _encoder_grads(sae, ws: Workspace, x_norm_BD: Tensor, g_pre_BF: Tensor, g_recon_sum_D: Tensor) -> None:
     """W_enc, b_enc and b_dec gradients, given the pre-activation gradient g_pre (B × F)."""
-    g_pre_sum_F = g_pre_BF.sum(0)
+    g_pre_sum_F = torch.mv(g_pre_BF.T, ws.ones(len(g_pre_BF), g_pre_BF))
     grad = ws.like(sae.W_enc_DF)
     torch.mm(x_norm_BD.T, g_pre_BF, out=grad)
-    sae.W_enc_DF.grad = grad.addr_(sae.b_dec_D, g_pre_sum_F, alpha=-1)
+    _set_encoder_grads(sae, grad, g_pre_sum_F, g_recon_sum_D)
+
+
+def _set_encoder_grads(sae, grad_W_enc: Tensor, g_pre_sum_F: Tensor, g_recon_sum_D: Tensor) -> None:
+    """Undo the folding of b_dec into the encoder bias: W_enc gets −b_dec ⊗ Σ g_pre, b_dec gets −W_enc Σ g_pre."""
+    sae.W_enc_DF.grad = grad_W_enc.addr_(sae.b_dec_D, g_pre_sum_F, alpha=-1)
     sae.b_enc_F.grad = g_pre_sum_F
     sae.b_dec_D.grad = torch.addmv(g_recon_sum_D, sae.W_enc_DF, g_pre_sum_F, alpha=-1)
 
@@ -83,28 +99,75 @@ def _recon(sae, recon_norm_BD: Tensor) -> Tensor:
     return recon_norm_BD if sae.cfg.normalize == "none" else sae.denormalize(recon_norm_BD)
 
 
+CHUNK_BYTES = 2 << 20  # CPU: a row block's B x d_sae scratch tensors stay in a core's L2 cache (2 MiB here)
+MIN_CHUNK_ROWS = 128  # below this the GEMMs lose more than the cache saves
+
+
+def rows_per_chunk(batch: int, width: int, device: torch.device) -> int:
+    """Rows processed at once. On a CPU the step runs in row blocks whose B × d_sae tensors fit in cache,
+    so the elementwise passes between GEMMs (ReLU, masks, sums) never go out to slower memory; an
+    accelerator takes the whole batch (fewer, larger kernels)."""
+    if device.type != "cpu":
+        return batch
+    return min(batch, max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * width)))
+
+
 @torch.no_grad()
-def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float) -> SAEOutput:
-    """mse + l1_weight · mean Σ_f z_f with z = ReLU(x W_enc + b_enc − W_encᵀ b_dec) (codes are ≥ 0, so |z| = z)."""
+def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool = False,
+                        chunk_rows: int | None = None) -> SAEOutput:
+    """mse + l1_weight · mean Σ_f z_f with z = ReLU(x W_enc + b_enc − W_encᵀ b_dec) (codes are ≥ 0, so |z| = z);
+    `norm_weighted`: Σ_f z_f ‖W_dec[f]‖ instead, which also pulls each decoder row's norm down.
+    Rows are processed in blocks of `chunk_rows` (default: `rows_per_chunk`); weight gradients and the
+    per-latent sums accumulate across blocks, so the result does not depend on the block size."""
     ws = workspace(sae)
     x_norm_BD = sae.normalize(x_BD)
     batch, width = x_norm_BD.shape[0], sae.d_sae
-    codes_BF = torch.addmm(_folded_encoder_bias(sae), x_norm_BD, sae.W_enc_DF,
-                           out=ws.get("codes", (batch, width), x_norm_BD)).relu_()
-    recon_norm_BD = torch.addmm(sae.b_dec_D, codes_BF, sae.W_dec_FD, out=ws.get("recon", x_norm_BD.shape, x_norm_BD))
-    recon_BD = _recon(sae, recon_norm_BD)
-    code_sums_F = codes_BF.sum(0)
-    l1 = code_sums_F.sum() / batch
-    mse, g_recon_BD = _mse_and_recon_grad(ws, recon_norm_BD, x_norm_BD)
-    _decoder_weight_grad(sae, ws, codes_BF, g_recon_BD)
-    l1_grad_F = torch.full_like(code_sums_F, l1_weight / batch)
-    g_pre_BF = torch.addmm(l1_grad_F, g_recon_BD, sae.W_dec_FD.T, out=ws.get("g_pre", (batch, width), x_norm_BD))
-    firing_BF = torch.sign(codes_BF, out=ws.get("firing", (batch, width), x_norm_BD))  # ReLU' and L0 in one pass
-    g_pre_BF.mul_(firing_BF)
-    _encoder_grads(sae, ws, x_norm_BD, g_pre_BF, g_recon_BD.sum(0))
+    chunk = chunk_rows or rows_per_chunk(batch, width, x_norm_BD.device)
+    codes_BF = ws.get("codes", (batch, width), x_norm_BD)
+    recon_norm_BD = ws.get("recon", x_norm_BD.shape, x_norm_BD)
+    g_recon_BD = ws.get("diff", x_norm_BD.shape, x_norm_BD)
+    g_pre_CF = ws.get("g_pre", (chunk, width), x_norm_BD)
+    firing_CF = ws.get("firing", (chunk, width), x_norm_BD)
+    ones_B = ws.ones(batch, x_norm_BD)
+    grad_W_dec, grad_W_enc = ws.like(sae.W_dec_FD), ws.like(sae.W_enc_DF)
+    code_sums_F, fire_counts_F = ws.get("code_sums", (width,), x_norm_BD), ws.get("fire_counts", (width,), x_norm_BD)
+    g_pre_sum_F, g_recon_sum_D = ws.get("g_pre_sum", (width,), x_norm_BD), ws.get("g_recon_sum", (sae.d_in,), x_norm_BD)
+    encoder_bias_F = _folded_encoder_bias(sae)
+    if norm_weighted:
+        norms_F = torch.linalg.vector_norm(sae.W_dec_FD, dim=-1)
+        l1_grad_F = norms_F * (l1_weight / batch)
+    else:
+        l1_grad_F = torch.full_like(encoder_bias_F, l1_weight / batch)
+    recon_grad_scale = 2.0 / x_norm_BD.numel()
+    squared_error = x_norm_BD.new_zeros(())
+    for block, start in enumerate(range(0, batch, chunk)):
+        rows = slice(start, min(start + chunk, batch))
+        n, beta = rows.stop - rows.start, 0 if block == 0 else 1  # beta 0: the first block overwrites
+        x_CD, ones_C = x_norm_BD[rows], ones_B[:n]
+        z_CF = torch.addmm(encoder_bias_F, x_CD, sae.W_enc_DF, out=codes_BF[rows]).relu_()
+        recon_CD = torch.addmm(sae.b_dec_D, z_CF, sae.W_dec_FD, out=recon_norm_BD[rows])
+        diff_CD = torch.sub(recon_CD, x_CD, out=g_recon_BD[rows])
+        squared_error += torch.dot(diff_CD.view(-1), diff_CD.view(-1))
+        g_CD = diff_CD.mul_(recon_grad_scale)
+        torch.addmm(grad_W_dec, z_CF.T, g_CD, beta=beta, out=grad_W_dec)
+        torch.addmv(code_sums_F, z_CF.T, ones_C, beta=beta, out=code_sums_F)
+        torch.addmv(g_recon_sum_D, g_CD.T, ones_C, beta=beta, out=g_recon_sum_D)
+        fire_CF = torch.sign(z_CF, out=firing_CF[:n])  # ReLU' and L0 in one pass
+        torch.addmv(fire_counts_F, fire_CF.T, ones_C, beta=beta, out=fire_counts_F)
+        g_pre = torch.addmm(l1_grad_F, g_CD, sae.W_dec_FD.T, out=g_pre_CF[:n]).mul_(fire_CF)
+        torch.addmm(grad_W_enc, x_CD.T, g_pre, beta=beta, out=grad_W_enc)
+        torch.addmv(g_pre_sum_F, g_pre.T, ones_C, beta=beta, out=g_pre_sum_F)
+    if norm_weighted:  # d/dW_dec[f] of Σ_b z_bf ‖W_dec[f]‖ is (Σ_b z_bf) W_dec[f] / ‖W_dec[f]‖
+        l1 = torch.dot(code_sums_F, norms_F) / batch
+        grad_W_dec.addcmul_(sae.W_dec_FD, code_sums_F.div(norms_F.clamp_min(1e-8)).mul_(l1_weight / batch).unsqueeze(1))
+    else:
+        l1 = code_sums_F.sum() / batch
+    sae.W_dec_FD.grad = grad_W_dec
+    _set_encoder_grads(sae, grad_W_enc, g_pre_sum_F, g_recon_sum_D)
+    mse = squared_error / x_norm_BD.numel()
     losses = {"mse": mse, "l1": l1, "total": mse + l1_weight * l1}
-    return SAEOutput(recon=recon_BD, codes_BF=codes_BF, losses=losses, fired_F=code_sums_F > 0,
-                     l0=firing_BF.sum() / batch)
+    return SAEOutput(recon=_recon(sae, recon_norm_BD), codes_BF=codes_BF, losses=losses, fired_F=fire_counts_F > 0,
+                     l0=fire_counts_F.sum() / batch)
 
 
 @torch.no_grad()

@@ -128,6 +128,7 @@ def train_sae(
                 log_fn(logged, step)
                 bar.set_postfix(mse=f"{logged['mse']:.4g}", l0=f"{logged['l0']:.1f}")
     bar.close()
+    sae.finish_training_()
     sae.eval()
     stats = {k: (v / epoch_batches).item() for k, v in epoch_sums.items()}
     return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "steps": step, "epochs": cfg.epochs}
