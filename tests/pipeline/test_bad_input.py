@@ -34,6 +34,7 @@ def existing_run(tmp_path_factory):
         (["sae.l1_coefficient=lots"], "sae.l1_coefficient"),
         (["sharpening.type=sharpest"], "sharpening.type='sharpest'"),
         (["device=gpu"], "device='gpu'"),
+        (["analysis.context=-1"], "analysis.context=-1 must be >= 0"),
         (["dataset=mnist", "dataset.path=/no/such/folder"], "dataset.path"),
     ],
 )

@@ -89,9 +89,13 @@ def test_start_from_a_checkpoint_given_by_path(finished_run, tmp_path):
 
 def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=0", "wandb.mode=offline"])
+    run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=0", "wandb.mode=offline", "analysis.enabled=true",
+                                          "analysis.num_features=2"])
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+    report = json.loads((tmp_path / "analysis" / "cycle_0" / "feature_report.json").read_text())
+    cards = sorted(p.name.split("_")[1] for p in runs[0].parent.glob("files/media/images/analysis/cycle_0/feature_*.png"))
+    assert cards == sorted(str(entry["feature"]) for entry in report["features"])  # one wandb image per feature card
 
 
 def test_stage_scripts_with_explicit_model_and_sae(finished_run, tmp_path):
@@ -136,16 +140,35 @@ def test_target_l0_calibrates_the_penalty_and_saves_the_search(tmp_path):
     assert meta["config"]["l1_coefficient"] == record["coefficient"] and record["achieved_val_l0"] > 0
 
 
-def test_feature_reports_at_the_end_of_a_run_and_from_the_script(tmp_path):
+@pytest.fixture(scope="module")
+def analysed_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("analysed")
+    run_in_process(run_cycles, run_dir, ["analysis.enabled=true", "analysis.num_features=5", "cycle.max_cycles=0"])
+    return run_dir
+
+
+def test_feature_reports_at_the_end_of_a_run_and_from_the_script(analysed_run):
     from sae_ception.stages.cycle import analyze
 
-    run_dir = tmp_path / "run"
-    run_in_process(run_cycles, run_dir, ["analysis.enabled=true", "analysis.num_features=5", "cycle.max_cycles=0"])
-    report = json.loads((run_dir / "analysis" / "cycle_0" / "feature_report.json").read_text())
+    run_dir = analysed_run
+    folder = run_dir / "analysis" / "cycle_0"
+    report = json.loads((folder / "feature_report.json").read_text())
     assert len(report["features"]) == 5 and report["split"] == "test"
     first = report["features"][0]
     assert len(first["logit_effects"]) == 10 and len(first["label_histogram"]) == 10
     assert first["activation_rate"] > 0 and first["top_examples"] and 0 <= first["promotes"] < 10
-    (run_dir / "analysis" / "cycle_0" / "feature_report.json").unlink()
+    page = (folder / "index.html").read_text()
+    assert page.count('<section class="card"') == 5 and page.count("data:image/png;base64,") == 5
+    assert all(f'id="feature-{entry["feature"]}"' in page for entry in report["features"])
+    (folder / "feature_report.json").unlink()
+    (folder / "index.html").unlink()
     run_in_process(analyze, run_dir, ["analysis.enabled=true", "analysis.num_features=5", "cycle.max_cycles=0"])
-    assert json.loads((run_dir / "analysis" / "cycle_0" / "feature_report.json").read_text()) == report
+    assert json.loads((folder / "feature_report.json").read_text()) == report
+    assert (folder / "index.html").read_text() == page
+
+
+def test_the_feature_gallery_of_a_run_loads_cleanly_in_chromium(analysed_run, chromium):
+    from tests.browser import is_uniform, open_offline_page
+
+    problems, images, screenshot = open_offline_page(chromium, analysed_run / "analysis" / "cycle_0" / "index.html")
+    assert problems == [] and images == 5 and not is_uniform(screenshot)

@@ -126,3 +126,33 @@ def test_a_model_that_cannot_be_loaded_offline_says_how_to_give_a_local_path(tmp
                           "model.pretrained='nobody/no-such-model': cannot load its config",
                           base=[*TEXT_TINY, "model=gpt2_small"])
     assert "set model.pretrained=/path/to/the/model/folder" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("token_level", [False, True])
+def test_feature_report_and_gallery_of_a_text_run(tiny_gpt2_task, tmp_path, token_level):
+    """Top tokens in context for an SAE trained on pooled rows and for a token-level one (same activation space)."""
+    data, model = tiny_gpt2_task
+    run_dir = tmp_path / "run"
+    run_in_process(run_cycles, run_dir, [f"model.pretrained={model}", "cycle.max_cycles=0", "model.target_layer=1",
+                                          f"sae.token_level={token_level}", "analysis.enabled=true",
+                                          "analysis.num_features=4", "analysis.top_k=3", "analysis.context=2"],
+                   base=[*TEXT_TINY, "model=gpt2_small", f"dataset.path={data}"])
+    folder = run_dir / "analysis" / "cycle_0"
+    report = json.loads((folder / "feature_report.json").read_text())
+    words = {"good", "bad", "film", "plot", "great", "awful", "the", "a"}
+    hits = [hit for entry in report["features"] for hit in entry["top_tokens"]]
+    assert hits and all(len(entry["top_tokens"]) <= 3 for entry in report["features"])
+    for entry in report["features"]:
+        activations = [hit["activation"] for hit in entry["top_tokens"]]
+        assert activations == sorted(activations, reverse=True) and all(a > 0 for a in activations)
+        if entry["top_tokens"] and not token_level:
+            # GPT-2 pools the last token: each example's code is one of its token codes, so none beats the top token
+            assert entry["top_tokens"][0]["activation"] >= entry["top_examples"][0]["activation"] - 1e-4
+    for hit in hits:
+        at = hit["token_in_context"]
+        assert hit["token"] in words and set(hit["context_tokens"]) <= words and hit["label"] in (0, 1)
+        assert len(hit["context_tokens"]) == len(hit["context_activations"]) <= 5 and at <= 2
+        assert hit["context_tokens"][at] == hit["token"]
+        assert hit["context_activations"][at] == pytest.approx(hit["activation"])
+    page = (folder / "index.html").read_text()
+    assert page.count('<section class="card"') == 4 and page.count('class="tok top"') == len(hits)

@@ -41,6 +41,11 @@ def tokenize_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, to
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's own text as a reader sees it (`good`, `##ing`, ` the`), for feature reports."""
+    return tokenizer.batch_decode([[i] for i in ids])
+
+
 def tokenize_splits(splits: DataSplits, pretrained: str, max_length: int, cache_dir: Optional[Path],
                     write_cache: bool = True) -> DataSplits:
     key = _fingerprint(pretrained, max_length, splits)

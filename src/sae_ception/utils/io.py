@@ -31,6 +31,17 @@ def user_path(path: str | os.PathLike) -> Path:
 META_FILE = "config.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create owner-only files; give the result the mode a plain open/mkdir would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step."""
@@ -41,6 +52,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _usual_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -55,6 +67,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
+        _usual_mode(tmp_path, directory=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import uuid
@@ -69,6 +70,17 @@ class Tracker:
         table = wandb.Table(columns=["cycle", *columns],
                             data=[[r["cycle"], *(flat.get(k) for k in columns)] for r, flat in zip(results, flats)])
         self.run.log({"summary/table": table} | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+
+    def log_feature_cards(self, cycle: int, cards: dict[int, tuple[bytes, str]]) -> None:
+        """The analysis gallery: one image per feature card (PNG bytes and caption), `analysis/cycle_N/feature_<id>`."""
+        if self.run is None:
+            return
+        import wandb
+        from PIL import Image
+
+        prefix = f"analysis/cycle_{cycle}/feature_"
+        self.run.log({f"{prefix}{feature}": wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
+                      for feature, (png, caption) in cards.items()})
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
