@@ -7,8 +7,8 @@ machine's matmul limit.
     python benchmarks/sae_throughput.py --rows 32768 --repeats 1              # a quick look
 
 Data: a seeded matrix of sparse non-negative combinations of 1,024 random unit directions plus small noise
-(`synthetic`), and a held-out slice for quality. Each trainer trains one epoch with Adam after a warm-up
-run; rows/s is the median over repeats (seeds 0, 1, ...) of the whole training call (normalisation fit
+(`synthetic`), and a held-out slice for quality. Each trainer trains one epoch with Adam after an untimed
+warm-up run; rows/s is the median over repeats (seeds 0, 1, ...) of the whole training call (normalisation fit
 included), and MSE, EV and L0 are the medians over the same seeds (one seed's SAE varies by ~10%).
 The matmul bound times the five float32 GEMMs one SAE step needs at these shapes (encoder and decoder
 forward, decoder input-gradient, decoder and encoder weight gradients), each at its median of 50
@@ -146,10 +146,10 @@ def saelens_available() -> bool:
 
 def timed_runs(train: Callable, kind: str, acts: torch.Tensor, held_out: torch.Tensor, args) -> dict:
     """Median rows/s, median fraction of the matmul bound and median held-out quality over `args.repeats`
-    seeds (0, 1, ...: the same for every trainer), after one warm-up run on a slice. The bound is measured
+    seeds (0, 1, ...: the same for every trainer), after one untimed warm-up run. The bound is measured
     right before each run and each run is compared with its own bound, so drift in the machine's speed
     (this is a shared VM) cancels out of the fraction."""
-    train(kind, acts[: args.batch * 4], args, seed=0)
+    train(kind, acts, args, seed=0)  # a whole warm-up run: the first runs in a process are slower
     speeds, fractions, bounds, scores = [], [], [], []
     for repeat in range(args.repeats):
         bound, _ = matmul_bound(args.batch, args.d_in, args.d_sae)
@@ -162,7 +162,7 @@ def timed_runs(train: Callable, kind: str, acts: torch.Tensor, held_out: torch.T
         scores.append(quality(encode, decode, held_out))
     median = Quality(*(statistics.median(getattr(q, f) for q in scores) for f in ("mse", "explained_variance", "l0")))
     return {"speed": statistics.median(speeds), "fraction": statistics.median(fractions),
-            "bounds": bounds, "quality": median}
+            "fractions": fractions, "bounds": bounds, "quality": median}
 
 
 def match_l0(acts: torch.Tensor, held_out: torch.Tensor, args, target_l0: float, steps: int = 6) -> tuple[float, dict]:
@@ -239,7 +239,8 @@ def main() -> None:
         ratio = f"{row['speed'] / base['speed']:.2f}x" if base else "n/a"
         q = row["quality"]
         print(f"{kind:<6} {name:<12} {row['speed']:>10,.0f} {ratio:>10} {row['fraction']:>8.0%} "
-              f"{q.mse:>13.5f} {q.explained_variance:>7.4f} {q.l0:>7.1f}")
+              f"{q.mse:>13.5f} {q.explained_variance:>7.4f} {q.l0:>7.1f}   "
+              f"(runs: {' '.join(f'{f:.0%}' for f in row['fractions'])} of bound)")
     if ("relu", "SAELens") in rows and args.match_l0:
         target = rows[("relu", "SAELens")]["quality"].l0
         l1, matched = match_l0(acts, held_out, args, target)

@@ -53,6 +53,10 @@ def test_relu_step_matches_autograd(normalize, step):
         torch.testing.assert_close(grads[name], ref_grads[name], msg=name)
     assert torch.equal(out.fired_F, (ref.codes_BF != 0).any(0))
     assert (ref.codes_BF != 0).any() and (ref.codes_BF == 0).any()  # both ReLU branches are exercised
+    if normalize == "none":  # the trainer's explained variance reuses the step's raw-space squared error
+        torch.testing.assert_close(out.squared_error, (ref.recon - x).pow(2).sum())
+    else:
+        assert out.squared_error is None
 
 
 @pytest.mark.parametrize("chunk_rows", [8, 7, 1])
@@ -80,13 +84,16 @@ def test_relu_step_in_row_blocks_equals_the_whole_batch(chunk_rows, norm_weighte
         torch.testing.assert_close(param.grad, ref_grads[name], msg=name)
 
 
-def test_cpu_row_blocks_fit_the_cache_and_accelerators_take_the_whole_batch():
+def test_row_blocks_fit_the_cache_on_one_cpu_thread_else_the_whole_batch(monkeypatch):
     from sae_ception.sae.fast_grads import rows_per_chunk
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert rows_per_chunk(4096, 1024, torch.device("cpu")) == 512  # 512 x 1024 float32 = 2 MiB
     assert rows_per_chunk(4096, 65536, torch.device("cpu")) == 128  # never below the GEMM-friendly minimum
     assert rows_per_chunk(64, 1024, torch.device("cpu")) == 64
     assert rows_per_chunk(4096, 1024, torch.device("meta")) == 4096
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert rows_per_chunk(4096, 1024, torch.device("cpu")) == 4096
 
 
 @pytest.mark.parametrize("normalize", ["none", "scale"])

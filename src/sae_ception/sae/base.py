@@ -98,6 +98,7 @@ class SAEOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted terms + "total" (what is optimised)
     fired_F: Optional[Tensor] = None  # bool per latent: fired on this batch (when the step computed it anyway)
     l0: Optional[Tensor] = None  # mean non-zero codes per row (likewise)
+    squared_error: Optional[Tensor] = None  # Σ (recon − x)² in the raw space (likewise)
 
 
 class SparseAutoencoder(nn.Module):

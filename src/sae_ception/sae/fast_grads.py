@@ -4,11 +4,13 @@ Autograd on `forward` is correct but does work a training step does not need. Wr
 - the pre-encoder bias b_dec is folded into the encoder bias, b_enc − W_encᵀ b_dec, so no input gradient
   (a whole B × d_in × d_sae GEMM) is computed; its effect on the gradients of W_enc and b_dec is a
   rank-one term and a matrix-vector product;
-- the L1 gradient is a constant, added inside the decoder-gradient GEMM as its bias;
+- biases ride inside the ReLU step's GEMMs as an extra input column of ones (so no GEMM first copies a
+  bias into its B × d_sae output), and that column also makes the W_enc-gradient GEMM sum g_pre for b_enc;
+  the L1 gradient is such a bias;
 - the ReLU backward, L0 and the firing statistics reuse tensors the forward pass already made, and sums
   over the batch are matrix-vector products (a column `.sum(0)` is several times slower on CPU);
-- on a CPU the ReLU step runs in row blocks small enough for a core's cache (`rows_per_chunk`), so the
-  elementwise passes between GEMMs read and write cache, not main memory;
+- on a single CPU thread the ReLU step runs in row blocks small enough for the core's cache
+  (`rows_per_chunk`), so the elementwise passes between GEMMs read and write cache, not main memory;
 - the TopK decoder reads only the k chosen rows of W_dec (`embedding_bag`), not a dense B × d_sae matrix;
 - every large tensor lives in a `Workspace` reused from step to step: allocating fresh 16 MB tensors each
   step made the CPU allocator map and fault in new pages every time (about a third of a step).
@@ -62,6 +64,13 @@ def workspace(sae) -> Workspace:
     return found
 
 
+def _with_ones_column(ws: Workspace, name: str, x_BD: Tensor) -> Tensor:
+    """A (B, D + 1) scratch matrix whose last column is ones (the caller fills the first D)."""
+    aug_BE = ws.get(name, (x_BD.shape[0], x_BD.shape[1] + 1), x_BD)
+    aug_BE[:, -1].fill_(1)
+    return aug_BE
+
+
 def _folded_encoder_bias(sae) -> Tensor:
     """b_enc − W_encᵀ b_dec: the encoder bias once the pre-encoder subtraction of b_dec is folded in."""
     return torch.addmv(sae.b_enc_F, sae.W_enc_DF.T, sae.b_dec_D, alpha=-1)
@@ -104,10 +113,11 @@ MIN_CHUNK_ROWS = 128  # below this the GEMMs lose more than the cache saves
 
 
 def rows_per_chunk(batch: int, width: int, device: torch.device) -> int:
-    """Rows processed at once. On a CPU the step runs in row blocks whose B × d_sae tensors fit in cache,
-    so the elementwise passes between GEMMs (ReLU, masks, sums) never go out to slower memory; an
-    accelerator takes the whole batch (fewer, larger kernels)."""
-    if device.type != "cpu":
+    """Rows processed at once. On one CPU thread the step runs in row blocks whose B × d_sae tensors fit in
+    cache, so the elementwise passes between GEMMs (ReLU, masks, sums) never go out to slower memory. With
+    several threads each op's fork/join costs more than the cache saves, and an accelerator wants few,
+    large kernels: both take the whole batch."""
+    if device.type != "cpu" or torch.get_num_threads() > 1:
         return batch
     return min(batch, max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * width)))
 
@@ -121,42 +131,50 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
     per-latent sums accumulate across blocks, so the result does not depend on the block size."""
     ws = workspace(sae)
     x_norm_BD = sae.normalize(x_BD)
-    batch, width = x_norm_BD.shape[0], sae.d_sae
+    (batch, d_in), width = x_norm_BD.shape, sae.d_sae
     chunk = chunk_rows or rows_per_chunk(batch, width, x_norm_BD.device)
     codes_BF = ws.get("codes", (batch, width), x_norm_BD)
     recon_norm_BD = ws.get("recon", x_norm_BD.shape, x_norm_BD)
-    g_recon_BD = ws.get("diff", x_norm_BD.shape, x_norm_BD)
+    diff_BD = ws.get("diff", x_norm_BD.shape, x_norm_BD)
     g_pre_CF = ws.get("g_pre", (chunk, width), x_norm_BD)
     firing_CF = ws.get("firing", (chunk, width), x_norm_BD)
     ones_B = ws.ones(batch, x_norm_BD)
-    grad_W_dec, grad_W_enc = ws.like(sae.W_dec_FD), ws.like(sae.W_enc_DF)
-    code_sums_F, fire_counts_F = ws.get("code_sums", (width,), x_norm_BD), ws.get("fire_counts", (width,), x_norm_BD)
-    g_pre_sum_F, g_recon_sum_D = ws.get("g_pre_sum", (width,), x_norm_BD), ws.get("g_recon_sum", (sae.d_in,), x_norm_BD)
-    encoder_bias_F = _folded_encoder_bias(sae)
+    # biases ride inside the GEMMs as one more input column of ones (a GEMM with a bias first copies the
+    # bias into all B x d_sae outputs); the same column makes the W_enc gradient GEMM also sum g_pre (b_enc's)
+    x_aug_BE, g_aug_BE = _with_ones_column(ws, "x_aug", x_norm_BD), _with_ones_column(ws, "g_aug", x_norm_BD)
+    x_aug_BE[:, :d_in].copy_(x_norm_BD)
+    encoder_EF, decoder_t_EF = ws.get("encoder_aug", (d_in + 1, width), x_norm_BD), ws.get("decoder_t_aug", (d_in + 1, width), x_norm_BD)
+    encoder_EF[:d_in].copy_(sae.W_enc_DF)
+    torch.addmv(sae.b_enc_F, sae.W_enc_DF.T, sae.b_dec_D, alpha=-1, out=encoder_EF[d_in])  # the folded encoder bias
+    decoder_t_EF[:d_in].copy_(sae.W_dec_FD.T)
     if norm_weighted:
         norms_F = torch.linalg.vector_norm(sae.W_dec_FD, dim=-1)
-        l1_grad_F = norms_F * (l1_weight / batch)
+        torch.mul(norms_F, l1_weight / batch, out=decoder_t_EF[d_in])
     else:
-        l1_grad_F = torch.full_like(encoder_bias_F, l1_weight / batch)
+        decoder_t_EF[d_in].fill_(l1_weight / batch)
+    grad_W_dec = ws.like(sae.W_dec_FD)
+    grad_encoder_EF = ws.get("grad_encoder_aug", (d_in + 1, width), x_norm_BD)  # rows: W_enc's gradient, then b_enc's
+    code_sums_F, fire_counts_F = ws.get("code_sums", (width,), x_norm_BD), ws.get("fire_counts", (width,), x_norm_BD)
+    g_recon_sum_D = ws.get("g_recon_sum", (d_in,), x_norm_BD)
     recon_grad_scale = 2.0 / x_norm_BD.numel()
     squared_error = x_norm_BD.new_zeros(())
     for block, start in enumerate(range(0, batch, chunk)):
         rows = slice(start, min(start + chunk, batch))
         n, beta = rows.stop - rows.start, 0 if block == 0 else 1  # beta 0: the first block overwrites
         x_CD, ones_C = x_norm_BD[rows], ones_B[:n]
-        z_CF = torch.addmm(encoder_bias_F, x_CD, sae.W_enc_DF, out=codes_BF[rows]).relu_()
+        z_CF = torch.mm(x_aug_BE[rows], encoder_EF, out=codes_BF[rows]).relu_()
         recon_CD = torch.addmm(sae.b_dec_D, z_CF, sae.W_dec_FD, out=recon_norm_BD[rows])
-        diff_CD = torch.sub(recon_CD, x_CD, out=g_recon_BD[rows])
+        diff_CD = torch.sub(recon_CD, x_CD, out=diff_BD[rows])
         squared_error += torch.dot(diff_CD.view(-1), diff_CD.view(-1))
-        g_CD = diff_CD.mul_(recon_grad_scale)
+        g_CD = torch.mul(diff_CD, recon_grad_scale, out=g_aug_BE[rows, :d_in])
         torch.addmm(grad_W_dec, z_CF.T, g_CD, beta=beta, out=grad_W_dec)
         torch.addmv(code_sums_F, z_CF.T, ones_C, beta=beta, out=code_sums_F)
         torch.addmv(g_recon_sum_D, g_CD.T, ones_C, beta=beta, out=g_recon_sum_D)
         fire_CF = torch.sign(z_CF, out=firing_CF[:n])  # ReLU' and L0 in one pass
         torch.addmv(fire_counts_F, fire_CF.T, ones_C, beta=beta, out=fire_counts_F)
-        g_pre = torch.addmm(l1_grad_F, g_CD, sae.W_dec_FD.T, out=g_pre_CF[:n]).mul_(fire_CF)
-        torch.addmm(grad_W_enc, x_CD.T, g_pre, beta=beta, out=grad_W_enc)
-        torch.addmv(g_pre_sum_F, g_pre.T, ones_C, beta=beta, out=g_pre_sum_F)
+        g_pre = torch.mm(g_aug_BE[rows], decoder_t_EF, out=g_pre_CF[:n]).mul_(fire_CF)
+        torch.addmm(grad_encoder_EF, x_aug_BE[rows].T, g_pre, beta=beta, out=grad_encoder_EF)
+    grad_W_enc, g_pre_sum_F = grad_encoder_EF[:d_in], grad_encoder_EF[d_in]
     if norm_weighted:  # d/dW_dec[f] of Σ_b z_bf ‖W_dec[f]‖ is (Σ_b z_bf) W_dec[f] / ‖W_dec[f]‖
         l1 = torch.dot(code_sums_F, norms_F) / batch
         grad_W_dec.addcmul_(sae.W_dec_FD, code_sums_F.div(norms_F.clamp_min(1e-8)).mul_(l1_weight / batch).unsqueeze(1))
@@ -166,8 +184,9 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
     _set_encoder_grads(sae, grad_W_enc, g_pre_sum_F, g_recon_sum_D)
     mse = squared_error / x_norm_BD.numel()
     losses = {"mse": mse, "l1": l1, "total": mse + l1_weight * l1}
+    raw_error = squared_error if sae.cfg.normalize == "none" else None  # else the normalised space's
     return SAEOutput(recon=_recon(sae, recon_norm_BD), codes_BF=codes_BF, losses=losses, fired_F=fire_counts_F > 0,
-                     l0=fire_counts_F.sum() / batch)
+                     l0=fire_counts_F.sum() / batch, squared_error=raw_error)
 
 
 @torch.no_grad()

@@ -35,11 +35,17 @@ class FiringTracker:
         return self.since_fired_F >= self.dead_after
 
 
+def _sum_of_squares(t: Tensor) -> Tensor:
+    """One fused pass (a dot product): `.pow(2).sum()` is about 10x slower on CPU."""
+    flat = t.reshape(-1)
+    return torch.dot(flat, flat)
+
+
 def batch_metrics(out: SAEOutput, x_BD: Tensor) -> dict[str, Tensor]:
     """Loss terms plus L0 and explained variance (raw space) of one batch, as device tensors."""
     x_BD = x_BD.float()
-    err = (out.recon.float() - x_BD).pow(2).sum()
-    spread = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    err = out.squared_error if out.squared_error is not None else _sum_of_squares(out.recon.float() - x_BD)
+    spread = _sum_of_squares(x_BD - x_BD.mean(0)).clamp_min(1e-12)
     if out.l0 is not None:
         l0 = out.l0.detach()
     else:  # sign/abs/sum: three fast passes (count_nonzero and boolean sums are several times slower on CPU)
