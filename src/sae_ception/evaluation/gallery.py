@@ -150,7 +150,7 @@ main { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr
 .contexts { font-size: 0.85rem; padding-left: 1.6rem; margin: 0; }
 .contexts li { margin: 0.15rem 0; }
 .meta { color: #52606d; font-size: 0.75rem; margin-right: 0.3rem; }
-.tok { white-space: pre; border-radius: 2px; padding: 0 1px; }
+.tok { white-space: pre; border-radius: 2px; padding: 0 1px; margin-right: 2px; }
 .tok.top { font-weight: bold; outline: 1.5px solid #b35806; }
 .none { color: #52606d; font-size: 0.85rem; }
 """
