@@ -71,9 +71,16 @@ def _with_ones_column(ws: Workspace, name: str, x_BD: Tensor) -> Tensor:
     return aug_BE
 
 
-def _folded_encoder_bias(sae) -> Tensor:
-    """b_enc − W_encᵀ b_dec: the encoder bias once the pre-encoder subtraction of b_dec is folded in."""
-    return torch.addmv(sae.b_enc_F, sae.W_enc_DF.T, sae.b_dec_D, alpha=-1)
+def _augmented_encoder(sae, ws: Workspace, x_norm_BD: Tensor) -> tuple[Tensor, Tensor]:
+    """[x | 1] (B × (D+1)) and [W_enc ; b_enc − W_encᵀ b_dec] ((D+1) × F): their product is the pre-activation
+    with the pre-encoder subtraction of b_dec folded into the bias, and the bias inside the GEMM."""
+    d_in = x_norm_BD.shape[1]
+    x_aug_BE = _with_ones_column(ws, "x_aug", x_norm_BD)
+    x_aug_BE[:, :d_in].copy_(x_norm_BD)
+    encoder_EF = ws.get("encoder_aug", (d_in + 1, sae.d_sae), x_norm_BD)
+    encoder_EF[:d_in].copy_(sae.W_enc_DF)
+    torch.addmv(sae.b_enc_F, sae.W_enc_DF.T, sae.b_dec_D, alpha=-1, out=encoder_EF[d_in])
+    return x_aug_BE, encoder_EF
 
 
 def _mse_and_recon_grad(ws: Workspace, recon_norm_BD: Tensor, x_norm_BD: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,12 +96,11 @@ def _decoder_weight_grad(sae, ws: Workspace, codes_BF: Tensor, g_recon_BD: Tenso
     sae.W_dec_FD.grad = grad
 
 
-def _encoder_grads(sae, ws: Workspace, x_norm_BD: Tensor, g_pre_BF: Tensor, g_recon_sum_D: Tensor) -> None:
-    """W_enc, b_enc and b_dec gradients, given the pre-activation gradient g_pre (B × F)."""
-    g_pre_sum_F = torch.mv(g_pre_BF.T, ws.ones(len(g_pre_BF), g_pre_BF))
-    grad = ws.like(sae.W_enc_DF)
-    torch.mm(x_norm_BD.T, g_pre_BF, out=grad)
-    _set_encoder_grads(sae, grad, g_pre_sum_F, g_recon_sum_D)
+def _encoder_grads(sae, ws: Workspace, x_aug_BE: Tensor, g_pre_BF: Tensor, g_recon_sum_D: Tensor) -> None:
+    """W_enc, b_enc and b_dec gradients, given the pre-activation gradient g_pre (B × F): one GEMM with
+    [x | 1] gives W_enc's gradient and, in its last row, Σ_b g_pre (b_enc's)."""
+    grad_encoder_EF = torch.mm(x_aug_BE.T, g_pre_BF, out=ws.get("grad_encoder_aug", (x_aug_BE.shape[1], sae.d_sae), g_pre_BF))
+    _set_encoder_grads(sae, grad_encoder_EF[:-1], grad_encoder_EF[-1], g_recon_sum_D)
 
 
 def _set_encoder_grads(sae, grad_W_enc: Tensor, g_pre_sum_F: Tensor, g_recon_sum_D: Tensor) -> None:
@@ -141,11 +147,9 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
     ones_B = ws.ones(batch, x_norm_BD)
     # biases ride inside the GEMMs as one more input column of ones (a GEMM with a bias first copies the
     # bias into all B x d_sae outputs); the same column makes the W_enc gradient GEMM also sum g_pre (b_enc's)
-    x_aug_BE, g_aug_BE = _with_ones_column(ws, "x_aug", x_norm_BD), _with_ones_column(ws, "g_aug", x_norm_BD)
-    x_aug_BE[:, :d_in].copy_(x_norm_BD)
-    encoder_EF, decoder_t_EF = ws.get("encoder_aug", (d_in + 1, width), x_norm_BD), ws.get("decoder_t_aug", (d_in + 1, width), x_norm_BD)
-    encoder_EF[:d_in].copy_(sae.W_enc_DF)
-    torch.addmv(sae.b_enc_F, sae.W_enc_DF.T, sae.b_dec_D, alpha=-1, out=encoder_EF[d_in])  # the folded encoder bias
+    x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
+    g_aug_BE = _with_ones_column(ws, "g_aug", x_norm_BD)
+    decoder_t_EF = ws.get("decoder_t_aug", (d_in + 1, width), x_norm_BD)
     decoder_t_EF[:d_in].copy_(sae.W_dec_FD.T)
     if norm_weighted:
         norms_F = torch.linalg.vector_norm(sae.W_dec_FD, dim=-1)
@@ -196,7 +200,8 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int) -> SAEOutput:
     ws = workspace(sae)
     x_norm_BD = sae.normalize(x_BD)
     batch, width = x_norm_BD.shape[0], sae.d_sae
-    pre_BF = torch.addmm(_folded_encoder_bias(sae), x_norm_BD, sae.W_enc_DF, out=ws.get("codes", (batch, width), x_norm_BD))
+    x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
+    pre_BF = torch.mm(x_aug_BE, encoder_EF, out=ws.get("codes", (batch, width), x_norm_BD))
     values_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
     values_BK = values_BK.relu_()
     recon_norm_BD = F.embedding_bag(idx_BK, sae.W_dec_FD, per_sample_weights=values_BK, mode="sum").add_(sae.b_dec_D)
@@ -209,7 +214,7 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int) -> SAEOutput:
     g_pre_BF = torch.mm(g_recon_BD, sae.W_dec_FD.T, out=ws.get("g_pre", (batch, width), x_norm_BD))
     g_values_BK = g_pre_BF.gather(-1, idx_BK).mul_(values_BK.sign())  # the ReLU after the top-k
     g_pre_BF = g_pre_BF.zero_().scatter_(-1, idx_BK, g_values_BK)
-    _encoder_grads(sae, ws, x_norm_BD, g_pre_BF, g_recon_BD.sum(0))
+    _encoder_grads(sae, ws, x_aug_BE, g_pre_BF, g_recon_BD.sum(0))
     fired_F = torch.zeros(width, dtype=torch.bool, device=idx_BK.device)
     fired_F[idx_BK[values_BK > 0]] = True
     aux = mse.new_zeros(())
