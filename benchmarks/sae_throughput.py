@@ -20,8 +20,8 @@ Both trainers train the same SAE with the same hyperparameters: for ReLU-L1, SAE
 `decoder_norm=free`; the product's loss is SAELens's divided by d_in (mean over dims, not sum), so its L1
 weight and gradient-clipping norm are SAELens's divided by d_in. SAELens is not a dependency of the
 product; without it the table shows the product's rows only. A last row trains the product's default ReLU
-SAE (unit-norm decoder rows) with its L1 coefficient calibrated to SAELens's L0, so the default is also
-compared at equal sparsity.
+SAE (unit-norm decoder rows) with its L1 coefficient calibrated to SAELens's L0 on seed 0; its L0 over
+the other seeds can differ, so read its L0 column before comparing its MSE.
 """
 
 from __future__ import annotations

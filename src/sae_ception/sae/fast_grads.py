@@ -4,16 +4,16 @@ Autograd on `forward` is correct but does work a training step does not need. Wr
 - the pre-encoder bias b_dec is folded into the encoder bias, b_enc − W_encᵀ b_dec, so no input gradient
   (a whole B × d_in × d_sae GEMM) is computed; its effect on the gradients of W_enc and b_dec is a
   rank-one term and a matrix-vector product;
-- biases ride inside the ReLU step's GEMMs as an extra input column of ones (so no GEMM first copies a
-  bias into its B × d_sae output), and that column also makes the W_enc-gradient GEMM sum g_pre for b_enc;
-  the L1 gradient is such a bias;
+- biases ride inside the GEMMs as an extra input column of ones (so no GEMM first copies a bias into its
+  B × d_sae output), and that column also makes the W_enc-gradient GEMM sum g_pre for b_enc; ReLU's L1
+  gradient is such a bias;
 - the ReLU backward, L0 and the firing statistics reuse tensors the forward pass already made, and sums
   over the batch are matrix-vector products (a column `.sum(0)` is several times slower on CPU);
 - on a single CPU thread the ReLU step runs in row blocks small enough for the core's cache
   (`rows_per_chunk`), so the elementwise passes between GEMMs read and write cache, not main memory;
 - the TopK decoder reads only the k chosen rows of W_dec (`embedding_bag`), not a dense B × d_sae matrix;
 - every large tensor lives in a `Workspace` reused from step to step: allocating fresh 16 MB tensors each
-  step made the CPU allocator map and fault in new pages every time (about a third of a step).
+  step made the CPU allocator map and fault in new pages every time.
 The gradients are exactly those of `forward`'s loss (tests/sae/test_fast_grads.py compares them).
 Tensors in the returned `SAEOutput` and the `.grad`s live in the workspace: valid until the next step.
 """
