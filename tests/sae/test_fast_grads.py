@@ -61,7 +61,8 @@ def test_relu_step_matches_autograd(normalize, step):
 
 @pytest.mark.parametrize("chunk_rows", [8, 7, 1])
 @pytest.mark.parametrize("norm_weighted", [False, True])
-def test_relu_step_in_row_blocks_equals_the_whole_batch(chunk_rows, norm_weighted):
+@pytest.mark.parametrize("count_firing", [True, False])
+def test_relu_step_in_row_blocks_equals_the_whole_batch(chunk_rows, norm_weighted, count_firing):
     """Blocks (7 leaves a ragged last block) accumulate to the same losses, gradients, codes and L0."""
     from sae_ception.sae.fast_grads import relu_loss_and_grads
 
@@ -74,12 +75,17 @@ def test_relu_step_in_row_blocks_equals_the_whole_batch(chunk_rows, norm_weighte
         sae.cfg.decoder_norm = "free"
     ref, ref_grads = reference(sae, x, state)
     sae.zero_grad(set_to_none=True)
-    out = relu_loss_and_grads(sae, x, 0.05, norm_weighted=norm_weighted, chunk_rows=chunk_rows)
+    out = relu_loss_and_grads(sae, x, 0.05, norm_weighted=norm_weighted, chunk_rows=chunk_rows,
+                              count_firing=count_firing)
     for key in ("mse", "l1", "total"):
         torch.testing.assert_close(out.losses[key], ref.losses[key])
     torch.testing.assert_close(out.codes_BF, ref.codes_BF)
     torch.testing.assert_close(out.recon, ref.recon)
-    torch.testing.assert_close(out.l0, (ref.codes_BF != 0).double().sum(-1).mean())
+    assert torch.equal(out.fired_F, (ref.codes_BF != 0).any(0))
+    if count_firing:
+        torch.testing.assert_close(out.l0, (ref.codes_BF != 0).double().sum(-1).mean())
+    else:
+        assert out.l0 is None
     for name, param in sae.named_parameters():
         torch.testing.assert_close(param.grad, ref_grads[name], msg=name)
 

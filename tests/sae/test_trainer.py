@@ -50,6 +50,19 @@ def test_log_fn_gets_metrics_every_log_every_steps(accelerator):
     assert all(isinstance(v, (int, float)) for _, metrics in calls for v in metrics.values())
 
 
+@pytest.mark.parametrize("sae_type", ["relu", "topk"])  # (JumpReLU's L0 is a loss term: every step has it)
+def test_training_l0_is_the_mean_of_the_last_epochs_logged_steps(sae_type, accelerator):
+    """L0 is counted on logged steps only; the other terms are still averaged over every step."""
+    calls = []
+    _, _, stats = _fit(sae_type, accelerator, epochs=2, log_every=5,
+                       log_fn=lambda metrics, step: calls.append((step, metrics)))
+    logged_steps = [step for step, _ in calls]
+    assert logged_steps == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 64]  # 32 steps an epoch, and the last
+    last_epoch = [metrics["l0"] for step, metrics in calls if step > 32]
+    assert stats["l0"] == pytest.approx(sum(last_epoch) / len(last_epoch), rel=1e-5)
+    assert 0 < stats["l0"] < 32
+
+
 def test_lr_warms_up_linearly(accelerator):
     calls = []
     _fit("relu", accelerator, epochs=1, log_every=1, lr=1e-2, lr_warmup_steps=4,

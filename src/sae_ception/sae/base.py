@@ -89,6 +89,7 @@ class TrainingState:
     step: int = 0
     dead_F: Optional[Tensor] = None  # bool per latent: silent for `dead_after_examples` examples
     any_dead: bool = True  # host-side hint, refreshed every few steps: False lets variants skip dead-latent work
+    measure_l0: bool = True  # False: nobody reads this step's L0 (not a logged step), so it need not be counted
 
 
 @dataclass

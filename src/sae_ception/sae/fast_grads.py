@@ -8,7 +8,8 @@ Autograd on `forward` is correct but does work a training step does not need. Wr
   B × d_sae output), and that column also makes the W_enc-gradient GEMM sum g_pre for b_enc; ReLU's L1
   gradient is such a bias;
 - the ReLU backward, L0 and the firing statistics reuse tensors the forward pass already made, and sums
-  over the batch are matrix-vector products (a column `.sum(0)` is several times slower on CPU);
+  over the batch are matrix-vector products (a column `.sum(0)` is several times slower on CPU); on steps
+  whose L0 nobody reads, the ReLU backward is one fused pass and L0 is not counted;
 - on a single CPU thread the ReLU step runs in row blocks small enough for the core's cache
   (`rows_per_chunk`), so the elementwise passes between GEMMs read and write cache, not main memory;
 - the TopK decoder reads only the k chosen rows of W_dec (`embedding_bag`), not a dense B × d_sae matrix;
@@ -130,11 +131,13 @@ def rows_per_chunk(batch: int, width: int, device: torch.device) -> int:
 
 @torch.no_grad()
 def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool = False,
-                        chunk_rows: int | None = None) -> SAEOutput:
+                        chunk_rows: int | None = None, count_firing: bool = True) -> SAEOutput:
     """mse + l1_weight · mean Σ_f z_f with z = ReLU(x W_enc + b_enc − W_encᵀ b_dec) (codes are ≥ 0, so |z| = z);
     `norm_weighted`: Σ_f z_f ‖W_dec[f]‖ instead, which also pulls each decoder row's norm down.
     Rows are processed in blocks of `chunk_rows` (default: `rows_per_chunk`); weight gradients and the
-    per-latent sums accumulate across blocks, so the result does not depend on the block size."""
+    per-latent sums accumulate across blocks, so the result does not depend on the block size.
+    `count_firing=False` skips L0 (`l0` is None): the ReLU backward is then one fused pass instead of a sign
+    pass, a multiply and a count. Which latents fired is exact either way (codes are ≥ 0: their sum is > 0)."""
     ws = workspace(sae)
     x_norm_BD = sae.normalize(x_BD)
     (batch, d_in), width = x_norm_BD.shape, sae.d_sae
@@ -174,9 +177,13 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
         torch.addmm(grad_W_dec, z_CF.T, g_CD, beta=beta, out=grad_W_dec)
         torch.addmv(code_sums_F, z_CF.T, ones_C, beta=beta, out=code_sums_F)
         torch.addmv(g_recon_sum_D, g_CD.T, ones_C, beta=beta, out=g_recon_sum_D)
-        fire_CF = torch.sign(z_CF, out=firing_CF[:n])  # ReLU' and L0 in one pass
-        torch.addmv(fire_counts_F, fire_CF.T, ones_C, beta=beta, out=fire_counts_F)
-        g_pre = torch.mm(g_aug_BE[rows], decoder_t_EF, out=g_pre_CF[:n]).mul_(fire_CF)
+        g_pre = torch.mm(g_aug_BE[rows], decoder_t_EF, out=g_pre_CF[:n])
+        if count_firing:
+            fire_CF = torch.sign(z_CF, out=firing_CF[:n])  # ReLU' and L0 in one pass
+            torch.addmv(fire_counts_F, fire_CF.T, ones_C, beta=beta, out=fire_counts_F)
+            g_pre.mul_(fire_CF)
+        else:  # ReLU' applied in one pass: g_pre where the code is > 0, else 0
+            torch.ops.aten.threshold_backward.grad_input(g_pre, z_CF, 0.0, grad_input=g_pre)
         torch.addmm(grad_encoder_EF, x_aug_BE[rows].T, g_pre, beta=beta, out=grad_encoder_EF)
     grad_W_enc, g_pre_sum_F = grad_encoder_EF[:d_in], grad_encoder_EF[d_in]
     if norm_weighted:  # d/dW_dec[f] of Σ_b z_bf ‖W_dec[f]‖ is (Σ_b z_bf) W_dec[f] / ‖W_dec[f]‖
@@ -189,8 +196,8 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
     mse = squared_error / x_norm_BD.numel()
     losses = {"mse": mse, "l1": l1, "total": mse + l1_weight * l1}
     raw_error = squared_error if sae.cfg.normalize == "none" else None  # else the normalised space's
-    return SAEOutput(recon=_recon(sae, recon_norm_BD), codes_BF=codes_BF, losses=losses, fired_F=fire_counts_F > 0,
-                     l0=fire_counts_F.sum() / batch, squared_error=raw_error)
+    return SAEOutput(recon=_recon(sae, recon_norm_BD), codes_BF=codes_BF, losses=losses, fired_F=code_sums_F > 0,
+                     l0=fire_counts_F.sum() / batch if count_firing else None, squared_error=raw_error)
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ class ReluSAE(SparseAutoencoder):
 
     def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None) -> SAEOutput:
         return relu_loss_and_grads(self, x_BD, self.cfg.l1_weight(state.step if state is not None else None),
-                                   norm_weighted=self.free_decoder)
+                                   norm_weighted=self.free_decoder, count_firing=state is None or state.measure_l0)
 
     def auxiliary_losses(self, *, codes_BF: Tensor, **_) -> dict[str, Tensor]:
         if self.free_decoder:

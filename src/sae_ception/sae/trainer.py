@@ -4,6 +4,8 @@ Each step asks the SAE for its losses and gradients (`loss_and_grads`: hand-writ
 autograd otherwise), so the loop itself is the same for every variant and every stage. Everything per
 step stays on the device; the host syncs only when a log line is due and, on an accelerator every
 `DEAD_CHECK_EVERY` steps, to learn whether any latent is dead (variants skip dead-latent work while none is).
+Training L0 is counted on logged steps only (every `log_every` steps and the last), as a monitor; which
+latents fired, for dead-latent tracking, is known exactly at every step.
 """
 
 from typing import Callable, Optional
@@ -41,18 +43,20 @@ def _sum_of_squares(t: Tensor) -> Tensor:
     return torch.dot(flat, flat)
 
 
-def batch_metrics(out: SAEOutput, x_BD: Tensor) -> dict[str, Tensor]:
-    """Loss terms plus L0 and explained variance (raw space) of one batch, as device tensors."""
+def batch_metrics(out: SAEOutput, x_BD: Tensor, with_l0: bool = True) -> dict[str, Tensor]:
+    """Loss terms, explained variance (raw space) and, `with_l0`, L0 of one batch, as device tensors."""
     x_BD = x_BD.float()
     err = out.squared_error if out.squared_error is not None else _sum_of_squares(out.recon.float() - x_BD)
     spread = _sum_of_squares(x_BD - x_BD.mean(0)).clamp_min(1e-12)
+    metrics = {**{k: v.detach().float() for k, v in out.losses.items()},
+               "explained_variance": 1 - err.detach() / spread}
+    if not with_l0:
+        return metrics
     if out.l0 is not None:
-        l0 = out.l0.detach()
+        metrics["l0"] = out.l0.detach()
     else:  # sign/abs/sum: three fast passes (count_nonzero and boolean sums are several times slower on CPU)
-        l0 = out.codes_BF.detach().sign().abs_().sum() / out.codes_BF.shape[0]
-    return {**{k: v.detach().float() for k, v in out.losses.items()},
-            "l0": l0,
-            "explained_variance": 1 - err.detach() / spread}
+        metrics["l0"] = out.codes_BF.detach().sign().abs_().sum() / out.codes_BF.shape[0]
+    return metrics
 
 
 def set_lr(optimizer, cfg: SAEConfig, step: int) -> float:
@@ -109,26 +113,30 @@ def train_sae(
     n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
     total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
     bar = tqdm(total=total_steps, desc="sae", disable=not show_progress, leave=False)
-    step, epoch_sums, epoch_batches = 0, {}, 0
+    step, epoch_sums, epoch_counts = 0, {}, {}
     batch_buffer = acts_ND.new_empty((min(cfg.batch_size, n), acts_ND.shape[1]))  # reused: no per-step allocation
     sae.train()
     any_dead, check_every = True, 1 if device.type == "cpu" else DEAD_CHECK_EVERY
     for epoch in range(cfg.epochs):
-        epoch_sums, epoch_batches = {}, 0
+        epoch_sums, epoch_counts = {}, {}  # L0 is measured on logged steps only: its own count
         for idx in shuffled_batches(n, cfg.batch_size, generator, rank, world):
             x_BD = torch.index_select(acts_ND, 0, idx.to(acts_ND.device), out=batch_buffer[: len(idx)])
             x_BD = x_BD.to(device, non_blocking=True).float()
             lr = set_lr(optimizer, cfg, step)
             if step % check_every == 0:
                 any_dead = bool(tracker.dead_F.any())
-            out = sae.loss_and_grads(x_BD, TrainingState(step=step, dead_F=tracker.dead_F, any_dead=any_dead))
+            logged_step = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+            out = sae.loss_and_grads(x_BD, TrainingState(step=step, dead_F=tracker.dead_F, any_dead=any_dead,
+                                                         measure_l0=logged_step))
             optimise(sae, optimizer, accelerator, cfg)
             tracker.update(out.codes_BF, out.fired_F)
-            metrics = batch_metrics(out, x_BD)
-            epoch_sums = {k: epoch_sums.get(k, 0) + v for k, v in metrics.items()}
-            epoch_batches, step = epoch_batches + 1, step + 1
+            metrics = batch_metrics(out, x_BD, with_l0=logged_step)
+            for key, value in metrics.items():  # a step without L0 leaves its sum and count as they are
+                epoch_sums[key] = epoch_sums.get(key, 0) + value
+                epoch_counts[key] = epoch_counts.get(key, 0) + 1
+            step += 1
             bar.update()
-            if log_fn is not None and (step % cfg.log_every == 0 or step == total_steps):
+            if log_fn is not None and logged_step:
                 logged = {k: v.item() for k, v in metrics.items()}  # the only host sync in the loop
                 logged.update(dead_fraction=tracker.dead_F.float().mean().item(), lr=lr, epoch=epoch)
                 log_fn(logged, step)
@@ -136,5 +144,5 @@ def train_sae(
     bar.close()
     sae.finish_training_()
     sae.eval()
-    stats = {k: (v / epoch_batches).item() for k, v in epoch_sums.items()}
+    stats = {k: (v / epoch_counts[k]).item() for k, v in epoch_sums.items()}
     return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "steps": step, "epochs": cfg.epochs}
