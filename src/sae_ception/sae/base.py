@@ -44,6 +44,7 @@ class SAEConfig:
     calibration_fraction: float = 0.25  # part of the training rows the coefficient search trains on
 
     penalty_setting: ClassVar[Optional[str]] = None  # the coefficient `target_l0` calibrates (None: not penalised)
+    penalty_warmup_setting: ClassVar[Optional[str]] = None  # steps over which that coefficient ramps up from 0
 
     def __post_init__(self) -> None:
         check_setting(self.d_sae is None or self.d_sae > 0, "d_sae", self.d_sae,
@@ -58,6 +59,18 @@ class SAEConfig:
         check_setting(self.dead_after_examples > 0, "dead_after_examples", self.dead_after_examples,
                       "must be a positive integer")
         check_setting(self.log_every > 0, "log_every", self.log_every, "must be a positive integer")
+        for setting in (self.penalty_setting, self.penalty_warmup_setting):
+            if setting is not None:
+                check_setting(getattr(self, setting) >= 0, setting, getattr(self, setting), "must be >= 0")
+
+    def penalty_weight(self, state: Optional["TrainingState"]) -> float:
+        """The sparsity penalty's coefficient at a training step, ramped linearly from 0 over its warmup
+        (no state = outside training: all of it)."""
+        coefficient = getattr(self, self.penalty_setting)
+        warmup = getattr(self, self.penalty_warmup_setting) if self.penalty_warmup_setting else 0
+        if state is None or warmup == 0:
+            return coefficient
+        return coefficient * min(1.0, state.step / warmup)
 
     def width(self, d_in: int) -> int:
         return self.d_sae if self.d_sae is not None else self.expansion_factor * d_in
@@ -75,11 +88,6 @@ class SAEConfig:
         check_setting(0 < self.calibration_fraction <= 1, "calibration_fraction", self.calibration_fraction, "must be in (0, 1]")
 
 
-def warmed_up(coefficient: float, warmup_steps: int, step: Optional[int]) -> float:
-    """A penalty coefficient ramped linearly from 0 over `warmup_steps` (None = outside training: all of it)."""
-    if step is None or warmup_steps == 0:
-        return coefficient
-    return coefficient * min(1.0, step / warmup_steps)
 
 
 @dataclass

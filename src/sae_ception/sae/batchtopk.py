@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_ception.sae.base import TrainingState, check_setting
+from sae_ception.sae.base import SparseAutoencoder, TrainingState, check_setting
 from sae_ception.sae.registry import SAE_TYPES
 from sae_ception.sae.topk import TopKSAE, TopKSAEConfig
 
@@ -60,5 +60,5 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.copy_(torch.where(first, smallest, momentum * self.threshold + (1 - momentum) * smallest))
 
     def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None):
-        """Autograd: the batch-wide top-k has no hand-written path (yet)."""
-        return super(TopKSAE, self).loss_and_grads(x_BD, state)
+        """Autograd (the base class's): the batch-wide top-k has no hand-written path, unlike TopK's."""
+        return SparseAutoencoder.loss_and_grads(self, x_BD, state)

@@ -111,10 +111,6 @@ def _set_encoder_grads(sae, grad_W_enc: Tensor, g_pre_sum_F: Tensor, g_recon_sum
     sae.b_dec_D.grad = torch.addmv(g_recon_sum_D, sae.W_enc_DF, g_pre_sum_F, alpha=-1)
 
 
-def _recon(sae, recon_norm_BD: Tensor) -> Tensor:
-    return recon_norm_BD if sae.cfg.normalize == "none" else sae.denormalize(recon_norm_BD)
-
-
 CHUNK_BYTES = 2 << 20  # CPU: a row block's B x d_sae scratch tensors stay in a core's L2 cache (2 MiB here)
 MIN_CHUNK_ROWS = 128  # below this the GEMMs lose more than the cache saves
 
@@ -196,7 +192,7 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
     mse = squared_error / x_norm_BD.numel()
     losses = {"mse": mse, "l1": l1, "total": mse + l1_weight * l1}
     raw_error = squared_error if sae.cfg.normalize == "none" else None  # else the normalised space's
-    return SAEOutput(recon=_recon(sae, recon_norm_BD), codes_BF=codes_BF, losses=losses, fired_F=code_sums_F > 0,
+    return SAEOutput(recon=sae.denormalize(recon_norm_BD), codes_BF=codes_BF, losses=losses, fired_F=code_sums_F > 0,
                      l0=fire_counts_F.sum() / batch if count_firing else None, squared_error=raw_error)
 
 
@@ -212,7 +208,7 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int) -> SAEOutput:
     values_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
     values_BK = values_BK.relu_()
     recon_norm_BD = F.embedding_bag(idx_BK, sae.W_dec_FD, per_sample_weights=values_BK, mode="sum").add_(sae.b_dec_D)
-    recon_BD = _recon(sae, recon_norm_BD)
+    recon_BD = sae.denormalize(recon_norm_BD)
     mse, g_recon_BD = _mse_and_recon_grad(ws, recon_norm_BD, x_norm_BD)
     # decoder: dL/dW_dec[f] = Σ_b z_bf g_b over the chosen (b, f); dL/dz_bk = W_dec[idx_bk] · g_b
     codes_BF = pre_BF.zero_().scatter_(-1, idx_BK, values_BK)  # the dense codes reuse pre's memory

@@ -10,7 +10,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting, warmed_up
+from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting
 from sae_ception.sae.registry import SAE_TYPES
 
 
@@ -61,16 +61,12 @@ class JumpReLUSAEConfig(SAEConfig):
     initial_threshold: float = 1e-3
 
     penalty_setting: ClassVar[Optional[str]] = "l0_coefficient"
+    penalty_warmup_setting: ClassVar[Optional[str]] = "l0_warmup_steps"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_setting(self.l0_coefficient >= 0, "l0_coefficient", self.l0_coefficient, "must be >= 0")
-        check_setting(self.l0_warmup_steps >= 0, "l0_warmup_steps", self.l0_warmup_steps, "must be >= 0")
         check_setting(self.bandwidth > 0, "bandwidth", self.bandwidth, "must be > 0")
         check_setting(self.initial_threshold > 0, "initial_threshold", self.initial_threshold, "must be > 0")
-
-    def l0_weight(self, step: Optional[int]) -> float:
-        return warmed_up(self.l0_coefficient, self.l0_warmup_steps, step)
 
 
 @SAE_TYPES.register("jumprelu")
@@ -94,7 +90,7 @@ class JumpReLUSAE(SparseAutoencoder):
         return {"l0": StepFunction.apply(pre_BF, self.threshold_F, self.cfg.bandwidth).sum(-1).mean()}
 
     def loss_weights(self, state: Optional[TrainingState]) -> dict[str, float]:
-        return {"l0": self.cfg.l0_weight(state.step if state is not None else None)}
+        return {"l0": self.cfg.penalty_weight(state)}
 
     @torch.no_grad()
     def retune_thresholds(self, acts_ND: Tensor, target_l0: float, iterations: int = 40) -> float:

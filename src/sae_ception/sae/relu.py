@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting, warmed_up
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting
 from sae_ception.sae.fast_grads import relu_loss_and_grads
 from sae_ception.sae.registry import SAE_TYPES
 
@@ -31,19 +31,15 @@ class ReluSAEConfig(SAEConfig):
     decoder_init_norm: float = 1.0  # free: starting norm of every decoder row (0.1 in Anthropic's update)
 
     penalty_setting: ClassVar[Optional[str]] = "l1_coefficient"
+    penalty_warmup_setting: ClassVar[Optional[str]] = "l1_warmup_steps"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_setting(self.l1_coefficient >= 0, "l1_coefficient", self.l1_coefficient, "must be >= 0")
-        check_setting(self.l1_warmup_steps >= 0, "l1_warmup_steps", self.l1_warmup_steps, "must be >= 0")
         check_setting(self.decoder_norm in DECODER_NORMS, "decoder_norm", self.decoder_norm,
                       f"is not valid; use one of {', '.join(DECODER_NORMS)}")
         check_setting(self.decoder_init_norm > 0, "decoder_init_norm", self.decoder_init_norm, "must be > 0")
         check_setting(self.decoder_norm == "free" or self.decoder_init_norm == 1.0, "decoder_init_norm",
                       self.decoder_init_norm, "needs sae.decoder_norm=free (unit rows are renormalised to 1 each step)")
-
-    def l1_weight(self, step: Optional[int]) -> float:
-        return warmed_up(self.l1_coefficient, self.l1_warmup_steps, step)
 
 
 @SAE_TYPES.register("relu")
@@ -65,7 +61,7 @@ class ReluSAE(SparseAutoencoder):
         return F.relu(pre_BF)
 
     def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None) -> SAEOutput:
-        return relu_loss_and_grads(self, x_BD, self.cfg.l1_weight(state.step if state is not None else None),
+        return relu_loss_and_grads(self, x_BD, self.cfg.penalty_weight(state),
                                    norm_weighted=self.free_decoder, count_firing=state is None or state.measure_l0)
 
     def auxiliary_losses(self, *, codes_BF: Tensor, **_) -> dict[str, Tensor]:
@@ -99,4 +95,4 @@ class ReluSAE(SparseAutoencoder):
             self.b_enc_F.mul_(norms_F)
 
     def loss_weights(self, state: Optional[TrainingState]) -> dict[str, float]:
-        return {"l1": self.cfg.l1_weight(state.step if state is not None else None)}
+        return {"l1": self.cfg.penalty_weight(state)}

@@ -8,6 +8,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from sae_ception.evaluation.features import feature_statistics, input_gradient_maps, logit_effects, most_active_features
 from sae_ception.evaluation.gallery import card_caption, card_png, gallery_html
 from sae_ception.evaluation.representations import encode_all
@@ -32,7 +34,7 @@ def run_analysis(ctx: RunContext, cycle: int) -> Path:
     codes_NF = encode_all(sae, test.acts_ND)
     features = most_active_features(codes_NF, cfg.num_features)
     report = feature_statistics(codes_NF, test.labels_N, features, ctx.splits.num_classes, cfg.top_k)
-    amounts = codes_NF[:, features].sum(0) / (codes_NF[:, features] != 0).sum(0).clamp_min(1)
+    amounts = torch.tensor([entry["mean_activation"] for entry in report])
     device = ctx.accelerator.device
     effects_SC = logit_effects(model, sae, ctx.splits.test.x, features, amounts, ctx.cfg.eval_batch_size, device)
     for entry, effects in zip(report, effects_SC):

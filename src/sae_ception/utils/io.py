@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from sae_ception.errors import ArtifactError
 
 WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "config.json"
 
 
 def user_path(path: str | os.PathLike) -> Path:
@@ -28,7 +29,6 @@ def user_path(path: str | os.PathLike) -> Path:
     except ImportError:  # pragma: no cover - hydra is a dependency, but the loaders do not need it
         return Path(path)
     return Path(to_absolute_path(str(path))) if HydraConfig.initialized() else Path(path)
-META_FILE = "config.json"
 
 
 def _umask() -> int:
