@@ -50,8 +50,9 @@ class CycleConfig:
             raise ConfigError(f"cycle.current={self.current} must be >= 0")
         if self.aux_loss_weight < 0:
             raise ConfigError(f"cycle.aux_loss_weight={self.aux_loss_weight} must be >= 0")
-        if self.epochs < 0:
-            raise ConfigError(f"cycle.epochs={self.epochs} must be >= 0")
+        if self.epochs < 1:
+            raise ConfigError(f"cycle.epochs={self.epochs} must be a positive integer (epochs of each auxiliary "
+                              "retraining; cycle.max_cycles=0 runs none)")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"cycle.lr={self.lr} must be > 0 (or null to use model.lr)")
         if not self.trainable:

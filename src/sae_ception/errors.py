@@ -11,3 +11,7 @@ class ConfigError(SAECeptionError, ValueError):
 
 class ArtifactError(SAECeptionError):
     """A file or checkpoint is missing, malformed, or does not fit the configured model."""
+
+
+class DivergenceError(SAECeptionError):
+    """Training produced non-finite losses or weights; nothing of that stage is saved."""

@@ -91,8 +91,6 @@ def test_firing_tracker_counts_examples_since_last_fire():
     assert tracker.dead_F.tolist() == [False, True, False]
 
 
-def test_no_grad_clip_and_zero_epochs_work(accelerator):
+def test_no_grad_clip_works(accelerator):
     _, _, stats = _fit("relu", accelerator, epochs=1, grad_clip=None)
     assert stats["steps"] == 32
-    _, _, stats = _fit("relu", accelerator, epochs=0)
-    assert stats["steps"] == 0

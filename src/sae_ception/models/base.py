@@ -36,8 +36,8 @@ class ModelConfig:
     group_by_length: bool = False  # text: batches of similar-length examples (less padding), as HF's Trainer
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"model.epochs={self.epochs} must be >= 0")
+        if self.epochs < 1:
+            raise ConfigError(f"model.epochs={self.epochs} must be a positive integer (baseline training epochs)")
         if self.batch_size <= 0:
             raise ConfigError(f"model.batch_size={self.batch_size} must be a positive integer")
         if self.lr <= 0:

@@ -52,7 +52,7 @@ class SAEConfig:
         check_setting(self.expansion_factor > 0, "expansion_factor", self.expansion_factor, "must be a positive integer")
         check_setting(self.normalize in NORMALIZATIONS, "normalize", self.normalize,
                       f"is not valid; use one of {', '.join(NORMALIZATIONS)}")
-        check_setting(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        check_setting(self.epochs >= 1, "epochs", self.epochs, "must be a positive integer (passes over the activations)")
         check_setting(self.batch_size > 0, "batch_size", self.batch_size, "must be a positive integer")
         check_setting(self.lr > 0, "lr", self.lr, "must be > 0")
         check_setting(self.lr_warmup_steps >= 0, "lr_warmup_steps", self.lr_warmup_steps, "must be >= 0")

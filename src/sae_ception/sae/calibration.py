@@ -40,7 +40,7 @@ def calibrate_penalty(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tens
     generator = torch.Generator().manual_seed(seed)
     count = max(cfg.batch_size, int(len(train_ND) * cfg.calibration_fraction))
     subset = train_ND[torch.randperm(len(train_ND), generator=generator)[:count].sort().values]
-    epochs = max(1, round(cfg.epochs * len(train_ND) / count)) if cfg.epochs > 0 else 0  # the full run's steps
+    epochs = max(1, round(cfg.epochs * len(train_ND) / count))  # the full run's steps
     points: list[tuple[float, float]] = []  # (log coefficient, log validation L0) of every trial
 
     def trial(log_coefficient: float) -> tuple[float, float]:

@@ -13,10 +13,10 @@ from typing import Callable, Optional
 import torch
 from accelerate import Accelerator
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState
 from sae_ception.utils.batching import num_batches, shuffled_batches
+from sae_ception.utils.progress import progress_bar
 
 
 class FiringTracker:
@@ -112,7 +112,7 @@ def train_sae(
     tracker = FiringTracker(sae.d_sae, cfg.dead_after_examples, device)
     n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
     total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
-    bar = tqdm(total=total_steps, desc="sae", disable=not show_progress, leave=False)
+    bar = progress_bar(total_steps, "sae", show_progress)
     step, epoch_sums, epoch_counts = 0, {}, {}
     batch_buffer = acts_ND.new_empty((min(cfg.batch_size, n), acts_ND.shape[1]))  # reused: no per-step allocation
     sae.train()

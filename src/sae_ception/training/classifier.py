@@ -10,7 +10,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from sae_ception.data import Split
 from sae_ception.errors import ConfigError
@@ -20,6 +19,7 @@ from sae_ception.models import Classifier
 from sae_ception.training.auxiliary_loss import cosine_alignment_loss
 from sae_ception.evaluation.performance import accuracy_and_loss
 from sae_ception.utils.batching import example_lengths, num_batches, shuffled_batches, take, to_device
+from sae_ception.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,9 @@ def train_classifier(
     keep_best = schedule.keep_best and len(val.y) > 0  # with no validation data, keep the last epoch
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     history: list[dict] = []
-    bar = tqdm(range(schedule.epochs), desc=stage, disable=not show_progress, leave=False)
+    bar = progress_bar(schedule.epochs, stage, show_progress, unit="epochs")
     step = 0
-    for epoch in bar:
+    for epoch in range(schedule.epochs):
         model.train()
         epoch_sums: dict[str, torch.Tensor] = {}  # summed on the device; one host sync per epoch
         for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes,
@@ -165,6 +165,7 @@ def train_classifier(
         train_means = {f"train_{k}": (v / steps_per_epoch).item() for k, v in epoch_sums.items()}
         history.append({"epoch": epoch, **train_means, **{f"val_{k}": v for k, v in val_metrics.items()}})
         bar.set_postfix(val_acc=f"{val_metrics['accuracy']:.4f}")
+        bar.update()
         if log_fn is not None:
             log_fn({f"val_{k}": v for k, v in val_metrics.items()} | {"epoch": epoch}, step)
         if keep_best and val_metrics["accuracy"] > best["val_accuracy"]:

@@ -14,7 +14,9 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_ception.errors import ArtifactError
+from safetensors import SafetensorError
+
+from sae_ception.errors import ArtifactError, DivergenceError
 
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "config.json"
@@ -97,11 +99,17 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(_finite_or_null(data), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, remedy: str = "delete it so the stage that writes it runs again") -> Any:
+    """Parsed JSON; a missing, unreadable or malformed file is one ArtifactError naming it and `remedy`."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as ex:
+        raise ArtifactError(f"{path} is damaged (not valid JSON: {str(ex).splitlines()[0]}); {remedy}") from None
+    except OSError as ex:
+        raise ArtifactError(f"{path} cannot be read ({ex.strerror or ex}); {remedy}") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -114,16 +122,34 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | os.PathLike, remedy: str = "delete it so the stage that writes it runs again") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a missing, truncated or malformed file is one ArtifactError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as ex:
+        reason = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+        raise ArtifactError(f"{path} is damaged or truncated ({reason[:160]}); {remedy}") from None
+
+
+def non_finite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """A checkpoint is a folder: `weights.safetensors` plus `config.json` saying what built it (no pickles)."""
+    """A checkpoint is a folder: `weights.safetensors` plus `config.json` saying what built it (no pickles).
+    Non-finite weights are never saved (DivergenceError): whatever was at `directory` stays as it was."""
     directory = Path(directory)
+    bad = non_finite_tensor(state_dict)
+    if bad is not None:
+        raise DivergenceError(f"not saving {directory}: its weights diverged ({bad} holds NaN or inf); "
+                              "lower the learning rate of the stage that trained it")
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -131,12 +157,23 @@ def save_checkpoint(directory: str | os.PathLike, state_dict: dict[str, torch.Te
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a checkpoint folder. A damaged file (truncated weights, malformed config.json)
+    or non-finite weights (a diverged training saved by an older version) is one ArtifactError naming it."""
     directory = Path(directory)
     if not (directory / WEIGHTS_FILE).is_file() or not (directory / META_FILE).is_file():
         raise ArtifactError(
             f"{directory} is not a checkpoint folder (it needs {WEIGHTS_FILE} and {META_FILE})"
         )
-    return load_file(str(directory / WEIGHTS_FILE)), json.loads((directory / META_FILE).read_text())
+    remedy = f"delete {directory} to have it trained again, or give another checkpoint"
+    meta = read_json(directory / META_FILE, remedy)
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{directory / META_FILE} is damaged (not a JSON object); {remedy}")
+    state = load_tensors(directory / WEIGHTS_FILE, remedy)
+    bad = non_finite_tensor(state)
+    if bad is not None:
+        raise ArtifactError(f"{directory / WEIGHTS_FILE} holds NaN or inf weights ({bad}): the training that saved it "
+                            f"diverged; {remedy}")
+    return state, meta
 
 
 def checkpoint_exists(directory: str | os.PathLike) -> bool:
