@@ -1,32 +1,56 @@
 """Compare runs: group run folders by the settings that differ between them, and give mean ± std per metric.
 
 A sweep over seeds and a setting (e.g. `sharpening=per_class,random seed=0,1,2`) answers "did it help?"
-directly: one column per group, one row per metric, for the last cycle and for its change since cycle 0.
+directly: one column per group, one row per metric, for the compared cycle and for its change since cycle 0.
+
+What the table claims, and what it refuses to claim:
+- each cell is the mean over the group's runs and the *sample* standard deviation of those runs (the spread
+  of the runs, not a confidence interval of the mean); every group's header says its number of runs n, a group
+  of one run shows its single value with no spread, and a cell that only k < n runs define says `(n=k)`;
+- every input problem is one `SAECeptionError` line naming the file or argument and what to do: a missing
+  folder, a damaged `config.yaml` or `results/cycle_N.json` (read with its shape checked), a `--by` key no run
+  has (with the closest keys), a `--cycle` some runs do not have (with the cycles they have);
+- what is unusual but still comparable is said in `note:` lines above the table: runs without results yet
+  (left out), runs that end at different cycles or stopped before their `cycle.max_cycles`, runs without a
+  cycle 0 (no Δ for them), a `--by` key that some runs do not have (their group says `unset`).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
 
-from sae_ception.errors import ArtifactError
+from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.evaluation.report import flatten_metrics, verdict
-from sae_ception.utils.io import read_json
+from sae_ception.evaluation.results_file import read_results, results_remedy
 
-# Settings that never define a group: where and how a run was logged, and the seed being averaged over.
-NOT_A_GROUP = ("seed", "run_dir", "paths.", "wandb.", "progress", "resume", "inputs.", "eval_", "device", "cycle.current")
+# Settings that never define a group: where and how a run was logged, drawn or scheduled (none of them changes a
+# metric), and the seed being averaged over.
+NOT_A_GROUP = ("seed", "run_dir", "paths.", "wandb.", "progress", "resume", "inputs.", "eval_", "device",
+               "cycle.current", "plots", "analysis.", "threads")
+RESULTS_NAME = re.compile(r"cycle_(\d+)\.json")
+UNSET = "unset"  # the group label of a run that does not have a grouping key at all (not the same as null)
+SHOWN = 3  # runs named in one message before "and N more"
 
 
 @dataclass
 class RunResults:
     folder: Path
     settings: dict[str, Any]  # flattened config.yaml
-    by_cycle: dict[int, dict[str, float]]  # cycle -> flat metrics
+    by_cycle: dict[int, dict[str, float]]  # cycle -> flat metrics (empty: no results yet)
+
+    @property
+    def expected_last(self) -> Optional[int]:
+        """The last cycle the run was configured to reach (`cycle.max_cycles`), if its config says."""
+        value = self.settings.get("cycle.max_cycles")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -39,41 +63,114 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _names(folders: Iterable[Any]) -> str:
+    folders = [str(f) for f in folders]
+    more = f" and {len(folders) - SHOWN} more" if len(folders) > SHOWN else ""
+    return ", ".join(folders[:SHOWN]) + more
+
+
+def _runs(count: int, verb: str = "") -> str:
+    """`1 run has`, `3 runs have` (verb: "has"/"stops"/"", given in the singular)."""
+    plural = {"has": "have", "stops": "stop", "": ""}[verb]
+    return f"{count} run{'' if count == 1 else 's'}" + (f" {verb if count == 1 else plural}" if verb else "")
+
+
+def _cycles(cycles: Iterable[int]) -> str:
+    """`0-3`, `0, 2, 3` or `none`."""
+    cycles = sorted(cycles)
+    if not cycles:
+        return "none"
+    if cycles == list(range(cycles[0], cycles[-1] + 1)) and len(cycles) > 2:
+        return f"{cycles[0]}-{cycles[-1]}"
+    return ", ".join(map(str, cycles))
+
+
+def read_settings(config: Path) -> dict[str, Any]:
+    """A run's `config.yaml`, flattened; damaged, empty or not a mapping is one ArtifactError naming it."""
+    remedy = (f"restore it from a copy (it holds the settings the run was made with), or move {config.parent} "
+              "out of the folders being compared")
+    try:
+        tree = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as ex:
+        reason = " ".join(str(ex).split())[:120]
+        raise ArtifactError(f"{config} is damaged (not valid YAML: {reason}); {remedy}") from None
+    except OSError as ex:
+        raise ArtifactError(f"{config} cannot be read ({ex.strerror or ex}); {remedy}") from None
+    if not isinstance(tree, dict) or not tree:
+        what = "empty" if tree is None else f"a {type(tree).__name__}, not a mapping of settings"
+        raise ArtifactError(f"{config} is damaged ({what}); {remedy}")
+    return _flatten({str(k): v for k, v in tree.items()})
+
+
+def read_run(folder: Path) -> RunResults:
+    """One run folder: its settings and every `results/cycle_N.json` (each checked; none yet is allowed)."""
+    settings = read_settings(folder / "config.yaml")
+    by_cycle = {}
+    files = [(int(m.group(1)), p) for p in (folder / "results").glob("cycle_*.json") if (m := RESULTS_NAME.fullmatch(p.name))]
+    for cycle, path in sorted(files):
+        data = read_results(path)
+        if data["cycle"] != cycle:
+            raise ArtifactError(f"{path} is damaged (it says cycle {data['cycle']}, its name says {cycle}); "
+                                f"{results_remedy(path)}")
+        by_cycle[cycle] = flatten_metrics(data["metrics"])
+    return RunResults(folder=folder, settings=settings, by_cycle=by_cycle)
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    """Inside a hidden folder (`.hydra/`, a writer's `.name.tmp`): not a run of its own."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+
+
 def find_runs(folders: Iterable[Path]) -> list[RunResults]:
-    """Every run folder (config.yaml + results/cycle_*.json) at or below the given folders."""
-    runs = []
+    """Every run folder (one holding config.yaml) at or below the given folders, each once, with its results
+    (possibly none yet: `compare` leaves those out and says so)."""
+    folders = [Path(f) for f in folders]
+    runs: dict[Path, RunResults] = {}
     for folder in folders:
-        for config in sorted(Path(folder).rglob("config.yaml")):
-            results = sorted(config.parent.glob("results/cycle_*.json"), key=lambda p: int(p.stem.split("_")[1]))
-            if results:
-                runs.append(RunResults(
-                    folder=config.parent,
-                    settings=_flatten(yaml.safe_load(config.read_text())),
-                    by_cycle={read_json(p)["cycle"]: flatten_metrics(read_json(p)["metrics"]) for p in results},
-                ))
+        if not folder.exists():
+            raise ArtifactError(f"{folder} does not exist; give run folders or sweep folders (multirun/<date>/<time>)")
+        if not folder.is_dir():
+            raise ArtifactError(f"{folder} is a file, not a folder; give the run folder that holds it"
+                                f"{f' ({folder.parent.parent})' if folder.parent.name == 'results' else ''}")
+        for config in sorted(folder.rglob("config.yaml")):
+            if config.is_file() and not _is_hidden(config, folder) and config.parent.resolve() not in runs:
+                runs[config.parent.resolve()] = read_run(config.parent)
     if not runs:
-        raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json) under {', '.join(map(str, folders))}")
-    return runs
+        hint = ""
+        if any((f / "results").is_dir() or f.name == "results" for f in folders):
+            hint = "; a results folder without config.yaml beside it is not a run folder"
+        raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json) under {_names(folders)}{hint}")
+    return list(runs.values())
 
 
 def varying_settings(runs: list[RunResults]) -> list[str]:
     keys = sorted(set().union(*(r.settings for r in runs)))
-    return [k for k in keys if not k.startswith(NOT_A_GROUP) and len({repr(r.settings.get(k)) for r in runs}) > 1]
+    return [k for k in keys if not k.startswith(NOT_A_GROUP) and len({_label(r.settings, k) for r in runs}) > 1]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
+def _label(settings: dict[str, Any], key: str) -> str:
+    if key not in settings:
+        return UNSET
+    value = settings[key]
+    return "null" if value is None else str(value)
+
+
+def _mean_std(values: list[Optional[float]]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (NaN for one value) and count of the defined (finite) values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return math.nan, math.nan, 0
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
 
 
 @dataclass
 class Comparison:
     group_by: list[str]
     groups: dict[str, list[RunResults]]
-    cycle: Optional[int]
+    cycle: Optional[int]  # the cycle compared; None: each run's last
     rows: list["MetricRow"]
+    notes: list[str] = field(default_factory=list)
+    cycles: dict[Path, int] = field(default_factory=dict)  # run folder -> the cycle compared
 
 
 @dataclass
@@ -81,46 +178,139 @@ class MetricRow:
     metric: str
     final: dict[str, tuple[float, float, int]]  # group -> (mean, std, n) at the compared cycle
     change: dict[str, tuple[float, float, int]]  # group -> the same for the change since cycle 0
-    start: dict[str, float]  # group -> mean at cycle 0 (to judge the change's direction)
+    start: dict[str, float]  # group -> mean at cycle 0 of the runs that have both (to judge the change's direction)
+    end: dict[str, float] = field(default_factory=dict)  # group -> mean at the compared cycle of those same runs
+
+
+def _check_keys(runs: list[RunResults], group_by: list[str]) -> list[str]:
+    """Refuse a key no run has (naming the closest ones); note keys only some runs have."""
+    known = sorted(set().union(*(r.settings for r in runs)))
+    notes = []
+    for key in group_by:
+        lacking = [r.folder for r in runs if key not in r.settings]
+        if len(lacking) == len(runs):
+            below = [k for k in known if k.startswith(f"{key}.")]
+            close = difflib.get_close_matches(key, known, n=4, cutoff=0.5)
+            varying = varying_settings(runs)
+            raise ConfigError(
+                f"--by {key}: not a setting of any run; "
+                + (f"{key} holds several settings, give one of them ({', '.join(below[:6])}{', ...' if len(below) > 6 else ''}); "
+                   if below else f"the closest are {', '.join(close)}; " if close else "")
+                + (f"settings that differ between these runs: {', '.join(varying)}" if varying
+                   else "only the seed differs between these runs")
+            )
+        if lacking:
+            notes.append(f"{key} is not a setting of {len(lacking)} of {_runs(len(runs))} ({_names(lacking)}); "
+                         f"their group says '{UNSET}'")
+    return notes
+
+
+def _compared_cycles(runs: list[RunResults], cycle: Optional[int]) -> tuple[dict[Path, int], list[str]]:
+    """The cycle compared for each run: `cycle`, or each run's last (said in a note when they differ)."""
+    available = _cycles(set().union(*(r.by_cycle for r in runs)))
+    if cycle is not None:
+        if cycle < 0:
+            raise ConfigError(f"--cycle {cycle}: cycles are numbered from 0; these runs have cycles {available}")
+        lacking = [r for r in runs if cycle not in r.by_cycle]
+        if lacking:
+            common = _cycles(set.intersection(*(set(r.by_cycle) for r in runs)))
+            have = "; ".join(f"{r.folder} has {_cycles(r.by_cycle)}" for r in lacking[:SHOWN])
+            more = f"; and {len(lacking) - SHOWN} more" if len(lacking) > SHOWN else ""
+            raise ConfigError(f"--cycle {cycle}: no results for cycle {cycle} in {len(lacking)} of {_runs(len(runs))} "
+                              f"({have}{more}); cycles every run has: {common}")
+        return {r.folder: cycle for r in runs}, []
+    chosen = {r.folder: max(r.by_cycle) for r in runs}
+    notes = []
+    short = [r for r in runs if r.expected_last is not None and max(r.by_cycle) < r.expected_last]
+    if short:
+        notes.append(f"{_runs(len(short), 'stops')} before cycle.max_cycles (still running, or stopped): "
+                     + "; ".join(f"{r.folder} has cycles {_cycles(r.by_cycle)} of 0-{r.expected_last}"
+                                 for r in short[:SHOWN]) + (f"; and {len(short) - SHOWN} more" if len(short) > SHOWN else ""))
+    ends = sorted(set(chosen.values()))
+    if len(ends) > 1:
+        count = {end: sum(1 for c in chosen.values() if c == end) for end in ends}
+        common = set.intersection(*(set(r.by_cycle) for r in runs))
+        advice = f"--cycle {max(common)} compares every run at cycle {max(common)}" if common else \
+            "no cycle is common to every run"
+        notes.append("runs end at different cycles (" + ", ".join(f"cycle {e}: {_runs(count[e])}" for e in ends)
+                     + f"); each is compared at its own last cycle; {advice}")
+    return chosen, notes
 
 
 def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle: Optional[int] = None) -> Comparison:
     """Per group and metric: mean ± std over runs of the value at `cycle` (default: each run's last)
-    and of its change since cycle 0."""
-    group_by = group_by if group_by is not None else varying_settings(runs)
-    groups: dict[str, list[RunResults]] = {}
+    and of its change since cycle 0. Runs without results yet are left out (with a note)."""
+    notes = []
+    pending = [r for r in runs if not r.by_cycle]
+    runs = [r for r in runs if r.by_cycle]
+    if not runs:
+        raise ArtifactError(f"no results yet in {_names(r.folder for r in pending)} (results/cycle_N.json is "
+                            "written when a cycle has been evaluated); wait for the runs, or give finished ones")
+    if pending:
+        notes.append(f"left out {_runs(len(pending))} without results yet (still running, or failed before cycle 0 "
+                     f"was evaluated): {_names(r.folder for r in pending)}")
+    group_by = list(dict.fromkeys(group_by)) if group_by is not None else varying_settings(runs)
+    notes += _check_keys(runs, group_by)
+    chosen, cycle_notes = _compared_cycles(runs, cycle)
+    notes += cycle_notes
+    no_start = [r.folder for r in runs if 0 not in r.by_cycle]
+    if no_start:
+        notes.append(f"{_runs(len(no_start), 'has')} no cycle 0 results, so no Δ since cycle 0: {_names(no_start)}")
+
+    by_label: dict[tuple[str, ...], list[RunResults]] = {}
     for run in runs:
-        name = ", ".join(str(run.settings.get(k)) for k in group_by) or "all runs"  # header names the keys
-        groups.setdefault(name, []).append(run)
+        by_label.setdefault(tuple(_label(run.settings, k) for k in group_by), []).append(run)
+    groups: dict[str, list[RunResults]] = {}
+    for labels, members in by_label.items():
+        name = ", ".join(labels) or "all runs"
+        while name in groups:  # two different values that print alike (e.g. 1 and "1")
+            name += "'"
+        groups[name] = members
+
     metrics = list(dict.fromkeys(m for run in runs for flat in run.by_cycle.values() for m in flat))
     rows = []
     for metric in metrics:
-        row = MetricRow(metric, {}, {}, {})
+        row = MetricRow(metric, {}, {}, {}, {})
         for name, members in groups.items():
-            at = [r.by_cycle.get(cycle if cycle is not None else max(r.by_cycle), {}).get(metric) for r in members]
+            at = [r.by_cycle[chosen[r.folder]].get(metric) for r in members]
             start = [r.by_cycle.get(0, {}).get(metric) for r in members]
+            both = [(s, a) for s, a in zip(start, at) if _finite(s) and _finite(a)]
             row.final[name] = _mean_std(at)
-            row.start[name] = _mean_std(start)[0]
-            row.change[name] = _mean_std([a - s if a is not None and s is not None else None for a, s in zip(at, start)])
+            row.change[name] = _mean_std([a - s for s, a in both])
+            row.start[name] = _mean_std([s for s, _ in both])[0]
+            row.end[name] = _mean_std([a for _, a in both])[0]
         rows.append(row)
-    return Comparison(group_by, groups, cycle, rows)
+    return Comparison(group_by, groups, cycle, rows, notes, chosen)
+
+
+def _finite(value: Optional[float]) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> str:
     names = list(comparison.groups)
-    rows = [r for r in comparison.rows if not (skip_quantiles and "_q" in r.metric.split("/", 1)[1])]
+    sizes = {name: len(comparison.groups[name]) for name in names}
+    rows = [r for r in comparison.rows if not (skip_quantiles and "_q" in r.metric.split("/", 1)[-1])]
     cells = []  # (label, [cell per group])
     for row in rows:
-        cells.append((row.metric, [_pm(*row.final[n]) for n in names]))
-        cells.append(("  Δ since cycle 0", [_pm(*row.change[n]) + _mark(row.metric, row.start[n], row.final[n][0]) for n in names]))
-    width = max([len(n) for n in names] + [len(c) for _, group in cells for c in group])
-    label_width = max(len(label) for label, _ in cells) if cells else 6
-    header = f"{'metric':<{label_width}}" + "".join(f" | {n:>{width}}" for n in names)
+        cells.append((row.metric, [_pm(*row.final[n], sizes[n]) for n in names]))
+        cells.append(("  Δ since cycle 0", [_pm(*row.change[n], sizes[n]) + _mark(row.metric, row.start[n], row.end[n])
+                                            for n in names]))
+    headers = [f"{n} (n={sizes[n]})" for n in names]
+    width = max([len(h) for h in headers] + [len(c) for _, group in cells for c in group])
+    label_width = max([len(label) for label, _ in cells] + [len("metric")])
+    header = f"{'metric':<{label_width}}" + "".join(f" | {h:>{width}}" for h in headers)
+    compared = sorted(set(comparison.cycles.values()))
+    at = (f"cycle {comparison.cycle}" if comparison.cycle is not None
+          else f"cycle {compared[0]} (each run's last)" if len(compared) == 1 else "each run's last cycle")
     lines = [
-        f"grouped by: {', '.join(comparison.group_by) or '(nothing varies but the seed)'}; "
-        f"runs per group: {', '.join(f'{n}: {len(g)}' for n, g in comparison.groups.items())}",
-        f"values at cycle {comparison.cycle if comparison.cycle is not None else 'last'}: mean ± std over runs; "
-        "ok/bad: whether the mean moved the right way since cycle 0",
+        f"grouped by: {', '.join(comparison.group_by) or 'nothing (one group)'}; "
+        f"{_runs(sum(sizes.values()))} in {len(names)} group{'' if len(names) == 1 else 's'} (n: runs per group)",
+        f"values at {at}; a cell: mean ± sample std of the group's runs (their spread, not a confidence interval), "
+        "the value alone when n = 1, (n=k) when only k of them define it",
+        "Δ since cycle 0: per run, averaged over the runs that have both cycles; "
+        "ok/bad: whether the mean moved the better way",
+        *(f"note: {note}" for note in comparison.notes),
         header,
         "-" * len(header),
     ]
@@ -128,8 +318,11 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
     return "\n".join(lines)
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    return "n/a" if n == 0 else f"{mean:.4g} ± {std:.2g}"
+def _pm(mean: float, std: float, n: int, size: int) -> str:
+    if n == 0:
+        return "n/a"
+    value = f"{mean:.4g}" if n == 1 else f"{mean:.4g} ± {std:.2g}"
+    return value if n == size else f"{value} (n={n})"
 
 
 def _mark(metric: str, start_mean: float, final_mean: float) -> str:

@@ -4,6 +4,14 @@ and logged to wandb as one image per card.
 
 A card's picture is one small matplotlib figure (strongest examples for image data, input-gradient map,
 label histogram, logit effects); text features add their top tokens in context as highlighted HTML.
+
+Legibility: every text in a card's picture is at least `MIN_TEXT_PX` (11) pixels tall at the picture's own size
+(`FONT_PT` points at `DPI`), and the picture (at most `PANEL_PX` wide per panel, 3 panels) is never scaled down in
+the page's two columns at 1280 px. The page's own text is at least 11 px (0.75rem at the browser's 16 px) and
+wraps inside its card: long tokens, long runs of tokens without spaces and long contexts break across lines
+(`white-space: break-spaces; overflow-wrap: anywhere`) instead of running past the card's edge. Class numbers
+under the bars and labels under the example tiles are thinned (every 2nd, 3rd, ...) when there are too many
+to fit side by side at that size.
 """
 
 from __future__ import annotations
@@ -11,12 +19,35 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
 
-DPI = 80  # 600 px wide cards: sharp enough, and quick to draw
+DPI = 80  # quick to draw; text sizes are set in points so that they come out >= MIN_TEXT_PX at this DPI
+MIN_TEXT_PX = 11  # the smallest text on a card, in pixels of the picture (and in CSS pixels on the page)
+FONT_PT = 10  # every text on a card's picture (10 pt at 80 DPI = 11.1 px)
+TITLE_PT = 10.5
+PANEL_PX = 185  # width of one bottom panel; 3 panels = 555 px, under a card's width in a two-column page at 1280 px
+BARS_WIDTH_PX = PANEL_PX - 20  # the bars' own width within their panel
 GAP = 1  # pixels between example tiles
+CHAR_WIDTH = 0.62  # a digit's width as a fraction of the font size (DejaVu Sans), to keep labels from colliding
+LINE_PX = FONT_PT * DPI / 72 * 1.25  # one line of card text, with spacing
+
+# vertical layout of a card, in pixels from the top (room for titles of two lines and for the labels below)
+TOP_TITLE_PX, TILE_PX, TILE_LABELS_PX = 22, 64, 2 * LINE_PX + 6
+BOTTOM_TITLE_PX, BARS_PX, CLASS_LABELS_PX = 2 * LINE_PX + 10, 96, LINE_PX + 6
+
+
+def _px(points: float) -> float:
+    return points * DPI / 72
+
+
+def _step(count: int, slot_px: float, label_chars: int) -> int:
+    """Label every `step`-th of `count` slots `slot_px` apart so that labels of `label_chars` characters never touch."""
+    need = _text_px(label_chars) + 4
+    return max(1, math.ceil(need / max(slot_px, 1e-9))) if count > 1 else 1
 
 
 def _mosaic(examples_KHW: np.ndarray) -> np.ndarray:
@@ -26,14 +57,31 @@ def _mosaic(examples_KHW: np.ndarray) -> np.ndarray:
     return padded_KHW.transpose(1, 0, 2).reshape(H, K * (W + GAP))[:, :-GAP]
 
 
-def _examples(ax, entry: dict, examples_KHW: np.ndarray) -> None:
+def _activation(value: float) -> str:
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.4g}"
+
+
+def _text_px(chars: int) -> float:
+    """About how wide a label of `chars` characters is on a card."""
+    return chars * CHAR_WIDTH * _px(FONT_PT)
+
+
+def _tile_labels(entry: dict, count: int) -> list[tuple[str, str]]:
+    return [(f"y={example['label']}", _activation(example["activation"])) for example in entry["top_examples"][:count]]
+
+
+def _examples(ax, labels: list[tuple[str, str]], examples_KHW: np.ndarray, box_px: tuple[float, float]) -> None:
     K, H, W = examples_KHW.shape
-    ax.imshow(_mosaic(examples_KHW), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    below = H - 0.5 + 0.05 * H  # just under the tiles, in pixel coordinates
-    for k, example in enumerate(entry["top_examples"][:K]):
-        ax.text(k * (W + GAP) + (W - 1) / 2, below, f"y={example['label']}\n{example['activation']:.2f}",
-                ha="center", va="top", fontsize=7)
-    ax.set_title("strongest test examples (label, activation)", fontsize=9, loc="left")
+    mosaic = _mosaic(examples_KHW)
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    scale = min(box_px[0] / mosaic.shape[1], box_px[1] / mosaic.shape[0])  # pixels of the card per input pixel
+    step = _step(K, (W + GAP) * scale, max((max(map(len, pair)) for pair in labels), default=1))
+    below = blended_transform_factory(ax.transData, ax.transAxes)
+    for k in range(0, len(labels), step):
+        ax.text(k * (W + GAP) + (W - 1) / 2, -0.04, "\n".join(labels[k]), transform=below,
+                ha="center", va="top", fontsize=FONT_PT, linespacing=1.1)
+    every = "" if step == 1 else f"; every {'2nd' if step == 2 else '3rd' if step == 3 else f'{step}th'} labelled"
+    ax.set_title(f"strongest test examples (label, activation{every})", fontsize=TITLE_PT, pad=4)
     ax.axis("off")
 
 
@@ -41,48 +89,66 @@ def _gradient(ax, gradient_HW: np.ndarray) -> None:
     peak = float(np.abs(gradient_HW).max())
     bound = peak or 1.0  # symmetric limits: white is exactly 0
     ax.imshow(gradient_HW, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-    ax.set_title(f"input gradient (±{peak:.2g}; red raises it)", fontsize=8)
+    ax.set_title(f"input gradient\n(\u00b1{peak:.2g}; red raises it)", fontsize=TITLE_PT, pad=4)
     ax.axis("off")
 
 
 def _bars(ax, values: list[float], colors: list[str], title: str) -> None:
     """Bars over the classes, drawn without axis ticks (they cost most of a card's time): class numbers
-    under the baseline, the scale in the title."""
+    under the baseline (thinned when there are many), the scale in the title."""
     values = np.asarray(values, dtype=float)
     low, high = min(values.min(), 0.0), max(values.max(), 0.0)
     span = (high - low) or 1.0
     ax.bar(range(len(values)), values, color=colors, width=0.8)
     ax.axhline(0, color="#52606d", linewidth=0.6)
-    for c in range(len(values)):
-        ax.text(c, low - 0.04 * span, str(c), ha="center", va="top", fontsize=6)
-    ax.set_ylim(low - 0.2 * span, high + 0.05 * span)
+    step = _step(len(values), BARS_WIDTH_PX / max(len(values), 1), len(str(len(values) - 1)))
+    below = blended_transform_factory(ax.transData, ax.transAxes)
+    for c in range(0, len(values), step):
+        ax.text(c, -0.03, str(c), transform=below, ha="center", va="top", fontsize=FONT_PT)
+    ax.set_ylim(low, high + 0.05 * span)
     ax.set_xlim(-0.6, len(values) - 0.4)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=TITLE_PT, pad=4)
     ax.axis("off")
 
 
-def card_png(entry: dict, examples_KHW: np.ndarray | None = None) -> bytes:
-    """One feature's picture (PNG): its strongest examples with label and activation (image data), its
-    input-gradient map (diverging, centred at 0), its label histogram and its logit effects."""
+def card_figure(entry: dict, examples_KHW: np.ndarray | None = None) -> Figure:
+    """One feature's picture: its strongest examples with label and activation (image data), its input-gradient
+    map (diverging, centred at 0), its label histogram and its logit effects. Laid out in pixels so that every
+    text has its room at `FONT_PT`."""
     images = examples_KHW is not None and len(examples_KHW) > 0
     gradient = entry.get("input_gradient_map")
     panels = 2 + (gradient is not None)
-    fig = Figure(figsize=(2.5 * panels, 3.3 if images else 1.6), dpi=DPI)
-    grid = fig.add_gridspec(2 if images else 1, panels, height_ratios=[1, 1.6] if images else None, left=0.03,
-                            right=0.97, bottom=0.02, top=0.92 if images else 0.86, wspace=0.25, hspace=0.5)
-    if images:
-        _examples(fig.add_subplot(grid[0, :]), entry, examples_KHW)
-    bottom = [fig.add_subplot(grid[-1, column]) for column in range(panels)]
+    width = PANEL_PX * panels
+    bottom_px = BOTTOM_TITLE_PX + BARS_PX + CLASS_LABELS_PX
+    top_px = TOP_TITLE_PX + TILE_PX + TILE_LABELS_PX if images else 0
+    height = round(top_px + bottom_px + 4)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+
+    def box(left_px: float, top: float, w: float, h: float) -> list[float]:
+        return [left_px / width, 1 - (top + h) / height, w / width, h / height]
+
+    if images:  # labels are centred under their tiles: keep half the widest one's width free at the card's edges
+        labels = _tile_labels(entry, len(examples_KHW))
+        margin = max(8.0, _text_px(max((max(map(len, pair)) for pair in labels), default=1)) / 2 + 4)
+        examples_box = (width - 2 * margin, TILE_PX)
+        _examples(fig.add_axes(box(margin, TOP_TITLE_PX, *examples_box)), labels, examples_KHW, examples_box)
+    bottom = [fig.add_axes(box(column * PANEL_PX + 10, top_px + BOTTOM_TITLE_PX, BARS_WIDTH_PX, BARS_PX))
+              for column in range(panels)]
     if gradient is not None:
         _gradient(bottom[0], np.asarray(gradient, dtype=float))
     histogram, mode = entry["label_histogram"], entry["label_mode"]
     _bars(bottom[-2], histogram, ["#e6780a" if c == mode else "#9aa5b1" for c in range(len(histogram))],
-          f"labels where it fires (max {max(histogram)})")
+          f"labels where it fires\n(max {max(histogram)})")
     effects = entry.get("logit_effects") or [0.0] * len(histogram)
     _bars(bottom[-1], effects, ["#2166ac" if e >= 0 else "#b2182b" for e in effects],
-          f"logit change when raised (±{max(map(abs, effects)):.2g})")
+          f"logit change when raised\n(\u00b1{max(map(abs, effects)):.2g})")
+    return fig
+
+
+def card_png(entry: dict, examples_KHW: np.ndarray | None = None) -> bytes:
+    """`card_figure` as PNG bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    card_figure(entry, examples_KHW).savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
 
@@ -139,18 +205,20 @@ def _card_html(entry: dict, png: bytes) -> str:
 STYLE = """
 body { font-family: sans-serif; margin: 1.5rem; color: #1f2933; background: #fafafa; }
 header p { margin: 0.2rem 0; color: #52606d; }
-main { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 1rem; }
-.card { background: white; border: 1px solid #d9dee3; border-radius: 6px; padding: 0.8rem; }
+header h1 { overflow-wrap: anywhere; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 600px), 1fr)); gap: 1rem; }
+.card { background: white; border: 1px solid #d9dee3; border-radius: 6px; padding: 0.8rem; min-width: 0;
+  overflow-wrap: anywhere; }
 .card h2 { font-size: 1.1rem; margin: 0 0 0.4rem; }
 .card h3 { font-size: 0.9rem; margin: 0.6rem 0 0.2rem; }
-.card img { max-width: 100%; display: block; }
+.card img { max-width: 100%; height: auto; display: block; }
 .facts { display: flex; flex-wrap: wrap; gap: 0.2rem 1.2rem; list-style: none; padding: 0; margin: 0 0 0.4rem;
   font-size: 0.85rem; color: #52606d; }
 .facts b { color: #1f2933; }
-.contexts { font-size: 0.85rem; padding-left: 1.6rem; margin: 0; }
+.contexts { font-size: 0.85rem; line-height: 1.5; padding-left: 1.6rem; margin: 0; }
 .contexts li { margin: 0.15rem 0; }
 .meta { color: #52606d; font-size: 0.75rem; margin-right: 0.3rem; }
-.tok { white-space: pre; border-radius: 2px; padding: 0 1px; margin-right: 2px; }
+.tok { white-space: break-spaces; overflow-wrap: anywhere; border-radius: 2px; padding: 0 1px; margin-right: 2px; }
 .tok.top { font-weight: bold; outline: 1.5px solid #b35806; }
 .none { color: #52606d; font-size: 0.85rem; }
 """

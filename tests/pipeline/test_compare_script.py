@@ -1,0 +1,106 @@
+"""scripts/compare.py as a user runs it: every bad input is one line on stderr with exit status 2 (no traceback),
+and a reader that stops early (`| head`) ends it quietly."""
+
+from __future__ import annotations
+
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, run_script
+from tests.evaluation.test_compare import make_run
+from sae_ception.utils.io import write_json
+
+SCRIPT = PROJECT_ROOT / "scripts" / "compare.py"
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    make_run(tmp_path / "0", 0, "per_class", [0.90, 0.94])
+    make_run(tmp_path / "1", 1, "per_class", [0.90, 0.96])
+    make_run(tmp_path / "2", 0, "random", [0.90, 0.88])
+    return tmp_path
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The script's main in this interpreter (a fresh one per case would cost seconds each)."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, args)])
+    code = 0
+    try:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    except SystemExit as ex:
+        code = ex.code if isinstance(ex.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def damage_results(sweep):
+    (sweep / "2" / "results" / "cycle_1.json").write_text('{"cycle": 1, "metrics": {"performance": {"accur')
+
+
+def damage_config(sweep):
+    (sweep / "1" / "config.yaml").write_bytes(b"\x00\xff garbage")
+
+
+def empty_config(sweep):
+    (sweep / "1" / "config.yaml").write_text("")
+
+
+def wrong_shape(sweep):
+    write_json(sweep / "0" / "results" / "cycle_0.json", {"cycle": 0, "metrics": {"performance": [0.9]}})
+
+
+@pytest.mark.parametrize("damage, args, match", [
+    (damage_results, ["SWEEP"], "2/results/cycle_1.json is damaged (not valid JSON"),
+    (wrong_shape, ["SWEEP"], "0/results/cycle_0.json is damaged (metric family 'performance' is not a map of numbers)"),
+    (damage_config, ["SWEEP"], "1/config.yaml is damaged (not valid YAML"),
+    (empty_config, ["SWEEP"], "1/config.yaml is damaged (empty)"),
+    (None, ["SWEEP", "--by", "sharpening.typo"], "--by sharpening.typo: not a setting of any run; the closest are sharpening.type"),
+    (None, ["SWEEP", "--cycle", "2"], "--cycle 2: no results for cycle 2 in 3 of 3 runs"),
+    (None, ["SWEEP", "--cycle", "-1"], "--cycle -1: cycles are numbered from 0"),
+    (None, ["SWEEP", "SWEEP/nowhere"], "nowhere does not exist"),
+])
+def test_each_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, sweep, damage, args, match):
+    if damage is not None:
+        damage(sweep)
+    code, out, err = run_main(monkeypatch, capsys, *(a.replace("SWEEP", str(sweep)) for a in args))
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
+    if damage in (damage_results, wrong_shape):
+        assert "scripts/evaluate.py run_dir=" in err  # what to do about it
+
+
+def test_the_table_in_a_fresh_interpreter_and_an_error_without_traceback(sweep):
+    done = run_script("compare.py", str(sweep))
+    assert done.returncode == 0 and done.stderr == ""
+    assert "per_class (n=2)" in done.stdout and "random (n=1)" in done.stdout and "± 0 " not in done.stdout
+    damage_results(sweep)
+    failed = run_script("compare.py", str(sweep))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr and failed.stderr.count("\n") == 1
+
+
+def big_sweep(folder, metrics: int = 2500):
+    """One run whose table is far larger than a pipe's buffer (64 KiB), so `head` closes it mid-write."""
+    make_run(folder / "0", 0, "per_class", [0.9, 0.95])
+    family = {f"metric_{i}": i / metrics for i in range(metrics)}
+    for cycle in (0, 1):
+        write_json(folder / "0" / "results" / f"cycle_{cycle}.json", {"cycle": cycle, "metrics": {"wide": family}})
+
+
+def test_piping_into_head_ends_quietly(tmp_path):
+    big_sweep(tmp_path)
+    done = subprocess.run(f'"{sys.executable}" "{SCRIPT}" "{tmp_path}" | head -3', shell=True, capture_output=True,
+                          text=True, timeout=120, executable="/bin/bash")
+    assert done.stdout.count("\n") == 3 and done.stdout.startswith("grouped by:")
+    assert done.stderr == ""
+
+
+def test_a_reader_that_closes_at_once_ends_it_quietly_with_status_0(tmp_path):
+    big_sweep(tmp_path, metrics=50)  # even a short table: the pipe is closed before anything is written
+    process = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert err.decode() == "" and process.returncode == 0
