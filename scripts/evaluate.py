@@ -10,7 +10,7 @@ this command line. Results, summary.csv and the table are rewritten.
 import hydra
 from omegaconf import DictConfig
 
-from sae_ception.cli import run_entrypoint
+from sae_ception.cli import one_line_hydra_errors, run_entrypoint
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_hydra_errors():
+        main()

@@ -62,6 +62,7 @@ def compose_cfg(run_dir: Path, overrides: list[str] = (), base: list[str] = TINY
         return compose(
             "config",
             overrides=[*base, f"run_dir={run_dir}", f"paths.output_dir={run_dir}", *overrides],
+            return_hydra_config=True,  # carries hydra.overrides.task: which settings were given explicitly
         )
 
 

@@ -9,7 +9,9 @@ SAE-ception loss aligns), `labels`, `logits` (task accuracy needs no second pass
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -41,19 +43,33 @@ class SplitActivations:
         return self.tokens_TD if token_level and self.tokens_TD is not None else self.acts_ND
 
 
+def _new_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy file mapped for writing, with its disk space reserved first: a full disk is then an OSError
+    (ENOSPC) here, not a SIGBUS that kills the process when a page of the sparse file is first written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.path.getsize(path))
+    except OSError as ex:
+        if ex.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: write as before
+            raise
+    finally:
+        os.close(fd)
+    return array
+
+
 @torch.no_grad()
 def collect_split(model: Classifier, inputs: Inputs, folder: Path, name: str, accelerator: Accelerator,
                   batch_size: int, dtype: str, tokens: bool) -> None:
     """Write one split's activations and logits into `folder`, a batch at a time."""
     model.eval()
     n, width = num_rows(inputs), model.target_width()
-    acts = np.lib.format.open_memmap(folder / f"{name}.acts.npy", mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(n, width))
+    acts = _new_memmap(folder / f"{name}.acts.npy", NUMPY_DTYPES[dtype], (n, width))
     token_rows, starts = None, None
     if tokens:
         lengths = example_lengths(inputs)
         starts = (torch.cumsum(lengths, 0) - lengths).tolist()  # example i's tokens start here (data order)
-        token_rows = np.lib.format.open_memmap(folder / f"{name}.tokens.npy", mode="w+", dtype=NUMPY_DTYPES[dtype],
-                                               shape=(int(lengths.sum()), width))
+        token_rows = _new_memmap(folder / f"{name}.tokens.npy", NUMPY_DTYPES[dtype], (int(lengths.sum()), width))
     logits_NC = None
     with model.capture_target() as captured:
         for rows, batch in inference_batches(inputs, batch_size):

@@ -1,89 +1,328 @@
-"""The shared body of every script: validate, check the run folder, then run one task with logging set up.
+"""The shared body of every script: validate, claim the run folder, then run one task with logging set up.
 
 Everything that can be wrong with the input is checked before anything is written, and reported as
-one line (exit code 2) instead of a traceback.
+one line (exit code 2) instead of a traceback: config values (config.py), Hydra's own composition errors
+(a misspelt key, an unknown option, bad override syntax: `one_line_hydra_errors`), damaged files, a run
+folder another live process is writing (run_folder.py), and a folder that cannot be written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from sae_ception.config import parse_config
+from sae_ception.config import closest, parse_config
 from sae_ception.entrypoints import ENTRYPOINTS
-from sae_ception.errors import ArtifactError, SAECeptionError
-from sae_ception.run import RunContext, check_resumable
-from sae_ception.utils.device import make_accelerator
+from sae_ception.errors import ArtifactError, ConfigError, SAECeptionError
+from sae_ception.run import RunContext, check_artifacts, check_resumable, differences, without_neutral
+from sae_ception.run_folder import RunFolderLock, claim_new_folder, free_folder_name
+from sae_ception.utils.device import make_accelerator, set_threads
+from sae_ception.utils.io import WRITE_ERRNOS, user_path
 from sae_ception.utils.tracking import Tracker
 
 log = logging.getLogger("sae_ception")
 
-
-def shared_output_dir(output_dir: str, accelerator) -> str:
-    """Under `accelerate launch` each process resolves `${now:...}` itself; all must use the main one's folder."""
-    if accelerator.num_processes == 1:
-        return output_dir
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([output_dir], from_process=0)[0]
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def run_entrypoint(name: str, hydra_cfg: DictConfig) -> Any:
     """Body of `scripts/<name>.py`."""
     entry = ENTRYPOINTS[name]
-    return run_task(hydra_cfg, entry.task, entry.preflight, from_run_folder=entry.from_run_folder)
+    return run_task(hydra_cfg, entry.task, entry.preflight, from_run_folder=entry.from_run_folder, log_name=name)
 
 
 Task = Callable[[RunContext], Any]
 
 
-# Settings a script on a finished run takes from its own command line; everything else from the run.
-COMMAND_LINE_SETTINGS = ("wandb", "device", "progress", "eval_batch_size", "eval_cycle", "paths", "run_dir", "resume",
-                         "analysis")
+# --- Hydra's own errors as one line --------------------------------------------------------------------------
+def hydra_error_line(ex: BaseException) -> Optional[str]:
+    """One line for an error Hydra raises before the task runs (None for anything else)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(ex, MissingConfigException) and ex.options:
+        group, _, option = str(ex.missing_cfg_file).rpartition("/")
+        return f"{group}={option} is not an option{closest(option, ex.options)} (valid: {', '.join(ex.options)})"
+    if isinstance(ex, OverrideParseException):
+        reason = str(ex.message).splitlines()[0]
+        return f"cannot read the override {ex.override!r} ({reason}); see https://hydra.cc/docs/advanced/override_grammar/basic"
+    if isinstance(ex, ConfigCompositionException):
+        cause = ex.__cause__
+        full_key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
+        if full_key and isinstance(parent, DictConfig):
+            prefix = full_key.rsplit(".", 1)[0] + "." if "." in full_key else ""
+            valid = sorted(str(k) for k in parent.keys() if not str(k).startswith("_") and (prefix or k != "hydra"))
+            hint = closest(full_key.rsplit(".", 1)[-1], valid).replace("mean ", "mean " + prefix)
+            shown = ", ".join(valid) if len(valid) <= 25 else ", ".join(valid[:25]) + ", ..."
+            return f"{full_key} is not a setting{hint} (valid{' in ' + prefix[:-1] if prefix else ''}: {shown})"
+        return " ".join(str(ex).split())
+    if isinstance(ex, OmegaConfBaseException):
+        return str(getattr(ex, "msg", ex)).splitlines()[0]
+    return None
 
 
-def config_from_run_folder(hydra_cfg: DictConfig) -> DictConfig:
-    """The run folder's own config.yaml, so `scripts/evaluate.py run_dir=X` needs no other override."""
-    saved = Path(hydra_cfg.paths.output_dir) / "config.yaml"
+@contextlib.contextmanager
+def one_line_hydra_errors() -> Iterator[None]:
+    """Around a `@hydra.main` function: Hydra's multi-line composition errors (exit 1) become the product's one
+    line (exit 2). Hydra re-raises them only when HYDRA_FULL_ERROR is set, so it is set here; a user who set it
+    themselves gets Hydra's full error, as Hydra documents."""
+    user_wants_full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except Exception as ex:  # noqa: BLE001 - only Hydra's own errors are turned into one line
+        line = None if user_wants_full else hydra_error_line(ex)
+        if line is None:
+            raise
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format=LOG_FORMAT, level=logging.INFO, stream=sys.stdout)
+        log.error("error: %s", line)
+        sys.exit(2)
+
+
+# --- which folder, and which settings -----------------------------------------------------------------------
+def override_key(override: str) -> str:
+    """The key an override sets: `+sae.k=4` -> `sae.k`, `sae=topk` -> `sae`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def command_line_overrides(hydra_cfg: DictConfig) -> list[str]:
+    """The overrides the user typed (Hydra's `hydra.overrides.task`), whether the config came from
+    `@hydra.main` or from the compose API with `return_hydra_config=True`; [] when unknown."""
+    if "hydra" in hydra_cfg:
+        return [str(o) for o in OmegaConf.select(hydra_cfg, "hydra.overrides.task", default=[])]
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+
+
+def _in_sweep_job() -> Optional[Path]:
+    """This job's folder inside a --multirun sweep (Hydra's runtime output dir), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
+
+
+def job_folder(cfg, overrides: list[str]) -> tuple[Path, bool]:
+    """(the run folder, whether a new one must be claimed): `paths.output_dir` when set, the job's folder in a
+    sweep, else `run_dir`; a run_dir the user did not give (the timestamped default) is always a new folder."""
+    if cfg.paths.output_dir:
+        return Path(cfg.paths.output_dir), False
+    sweep_job = _in_sweep_job()
+    if sweep_job is not None:
+        return sweep_job, False
+    given = any(override_key(o) == "run_dir" for o in overrides)
+    return user_path(cfg.run_dir).absolute(), not given
+
+
+# Settings a script on a finished run may take from its own command line; everything else comes from the run.
+RUN_INDEPENDENT = ("wandb", "device", "progress", "eval_batch_size", "eval_cycle", "analysis", "threads", "plots")
+COMMAND_LINE_SETTINGS = (*RUN_INDEPENDENT, "paths", "run_dir", "resume")
+
+
+def config_from_run_folder(hydra_cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The run folder's own config.yaml, so `scripts/evaluate.py run_dir=X` needs no other override. Settings in
+    COMMAND_LINE_SETTINGS given on this command line replace the run's; any other override that would change
+    the run's settings is refused (it would be silently ignored otherwise)."""
+    folder = user_path(hydra_cfg.run_dir if not OmegaConf.select(hydra_cfg, "paths.output_dir") else hydra_cfg.paths.output_dir)
+    saved = folder / "config.yaml"
     if not saved.is_file():
-        raise ArtifactError(f"run_dir={hydra_cfg.paths.output_dir} holds no config.yaml; give a run folder made by scripts/train_cycle.py")
-    cfg = OmegaConf.load(saved)
+        raise ArtifactError(f"run_dir={folder} holds no config.yaml; give a run folder made by scripts/train_cycle.py")
+    try:
+        cfg = OmegaConf.load(saved)
+        if not isinstance(cfg, DictConfig):
+            raise ValueError("not a mapping of settings")
+    except (OmegaConfBaseException, ValueError, OSError, UnicodeDecodeError) as ex:
+        raise ArtifactError(f"{saved} is damaged ({' '.join(str(ex).split())[:160]}); it records the settings that "
+                            "made the run: restore it, or retrain in a new run_dir") from None
+    given = {override_key(o).split(".", 1)[0] for o in overrides}
+    changed = [o for o in overrides if override_key(o).split(".", 1)[0] not in COMMAND_LINE_SETTINGS
+               and not override_key(o).startswith("hydra")]
+    if changed:
+        run_cfg, typed = parse_config(cfg), parse_config(hydra_cfg)
+        diffs = differences(without_neutral(asdict(run_cfg)), without_neutral(asdict(typed)))
+        def touches(diff: str, key: str) -> bool:  # sae=topk, experiment=smoke: may touch every setting
+            return "." not in key or diff.startswith(key + ":") or diff.startswith(key + ".")
+
+        offending = [o for o in changed if any(touches(d, override_key(o)) for d in diffs)]
+        relevant = [d for d in diffs if any(touches(d, override_key(o)) for o in offending)]
+        if relevant:
+            raise ConfigError(
+                f"this script takes the run's settings from {saved}; {' '.join(offending)} would change "
+                f"{'; '.join(relevant[:3])} (the run's value first): drop it (only {', '.join(RUN_INDEPENDENT)} "
+                "may be given here)")
     for key in COMMAND_LINE_SETTINGS:
-        cfg[key] = hydra_cfg[key]
+        if key in given or key in ("paths", "run_dir"):
+            cfg[key] = hydra_cfg[key]
+    cfg.paths.output_dir = str(folder)
     return cfg
 
 
-def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None, from_run_folder: bool = False) -> Any:
+# --- the task ------------------------------------------------------------------------------------------------
+class RunFolderClaim:
+    """This process's hold on its run folder: created (a new one when `fresh`), locked, and — if the run is
+    refused before it wrote anything — removed again when this invocation created it."""
+
+    def __init__(self, folder: Path, fresh: bool):
+        self.folder, self.fresh = folder, fresh
+        self.created = False
+        self.lock: Optional[RunFolderLock] = None
+
+    def acquire(self) -> Path:
+        try:
+            if self.fresh:
+                self.folder = claim_new_folder(self.folder)
+                self.created = True
+            else:
+                self.created = not self.folder.exists()
+            self.lock = RunFolderLock(self.folder)
+            self.lock.acquire()
+        except OSError as ex:
+            why = WRITE_ERRNOS.get(ex.errno, "")
+            raise ArtifactError(f"run_dir={self.folder} cannot be written: {why + ' ' if why else ''}({ex.strerror or ex}); "
+                                "give a writable run_dir") from None
+        return self.folder
+
+    def abandon(self) -> None:
+        """Undo the claim of a refused run: nothing written by a run that never started survives."""
+        if self.created:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _claim(ctx: RunContext, folder: Path, fresh: bool) -> RunFolderClaim:
+    """Claim the run folder on the main process; every process learns the folder (or the refusal)."""
+    claim, outcome = RunFolderClaim(folder, fresh), None
+    if ctx.accelerator.is_main_process:
+        try:
+            outcome = str(claim.acquire())
+        except SAECeptionError as ex:
+            outcome = ex
+    if ctx.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        outcome = broadcast_object_list([outcome], from_process=0)[0]
+    if isinstance(outcome, SAECeptionError):
+        raise outcome
+    ctx.use_folder(Path(outcome))
+    return claim
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's log file. When it cannot be written (a full disk) it stops, with one warning on the console,
+    instead of printing logging's traceback for every record and masking the error that stops the run."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.broken = True
+        log.warning("stopped writing %s: %s", self.baseFilename, WRITE_ERRNOS.get(error.errno, error.strerror))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush failed too: what could be written was
+            pass
+
+
+@contextlib.contextmanager
+def log_file(path: Optional[Path]) -> Iterator[None]:
+    """Also write the console log into the run folder (`<run>/<script>.log`, appended on resume)."""
+    if path is None:
+        yield
+        return
+    handler = RunLogFile(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
     try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def write_error_line(ex: OSError) -> Optional[str]:
+    """One line for a failed write (full disk, read-only or unwritable folder); None for other OS errors."""
+    if ex.errno not in WRITE_ERRNOS:
+        return None
+    where = f" writing {ex.filename}" if ex.filename else ""
+    return f"could not finish{where}: {WRITE_ERRNOS[ex.errno]} ({ex.strerror}); free space or fix the folder's " \
+           "permissions, then rerun the same command to resume"
+
+
+def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None, from_run_folder: bool = False,
+             log_name: Optional[str] = None) -> Any:
+    claim = None
+    try:
+        overrides = command_line_overrides(hydra_cfg)
         if from_run_folder:
-            hydra_cfg = config_from_run_folder(hydra_cfg)
+            hydra_cfg = config_from_run_folder(hydra_cfg, overrides)
         cfg = parse_config(hydra_cfg)
+        set_threads(cfg.threads)
         accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
-        cfg.paths.output_dir = shared_output_dir(cfg.paths.output_dir, accelerator)
+        folder, fresh = job_folder(cfg, overrides)
+        cfg.paths.output_dir = str(free_folder_name(folder) if fresh else folder)
         ctx = RunContext(cfg, accelerator)
-        check_resumable(ctx.layout, cfg)
-        ctx.splits  # data problems surface here, before anything is written
-        if preflight is not None:
-            preflight(ctx)
+        claim = _claim(ctx, folder, fresh)  # another live process on this folder: refused here
+        try:
+            check_resumable(ctx.layout, cfg)  # under the lock: what the folder holds cannot change now
+            check_artifacts(ctx.layout)
+            ctx.splits  # data problems surface here, before anything is written
+            if preflight is not None:
+                preflight(ctx)
+        except SAECeptionError:
+            claim.abandon()
+            raise
         if accelerator.is_main_process:
             ctx.remove_stale_temporaries()
             ctx.save_config()
-        log.info("run folder: %s (device %s)", ctx.layout.root, accelerator.device)
-        ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None
-        exit_code = 1
-        try:
-            result = task(ctx)
-            exit_code = 0
-            return result
-        finally:  # wandb is closed even when the task fails
-            if ctx.tracker is not None:
-                ctx.tracker.finish(exit_code)
+        with log_file(ctx.layout.root / f"{log_name}.log" if log_name and accelerator.is_main_process else None):
+            log.info("run folder: %s (device %s)", ctx.layout.root, accelerator.device)
+            ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None
+            exit_code = 1
+            try:
+                result = task(ctx)
+                exit_code = 0
+                return result
+            finally:  # wandb is closed even when the task fails
+                if ctx.tracker is not None:
+                    ctx.tracker.finish(exit_code)
     except SAECeptionError as ex:
         log.error("error: %s", ex)
         sys.exit(2)
-
+    except OSError as ex:
+        line = write_error_line(ex)
+        if line is None:
+            raise
+        log.error("error: %s", line)
+        sys.exit(2)
+    finally:
+        if claim is not None:
+            claim.release()

@@ -4,11 +4,12 @@ Each group's schema lives beside its implementation and is found through that gr
 (`sae.type`, `sharpening.type`, `model.name`, `dataset.name`), so a new variant needs no change here.
 """
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sae_ception.data import DATASETS, DatasetConfig
 from sae_ception.errors import ConfigError
@@ -100,7 +101,7 @@ class WandbConfig:
 
 @dataclass
 class PathsConfig:
-    output_dir: str = "outputs"  # this job's folder (Hydra's runtime output dir)
+    output_dir: Optional[str] = None  # this job's folder: run_dir, or the job's folder of a --multirun sweep
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Settings:
     eval_cycle: Optional[int] = None  # scripts/evaluate.py: only this cycle (null: every evaluable cycle)
     plots: bool = True  # write PNG plots (and send them to wandb) at the end of a run
     activation_dtype: str = "float32"  # how cached activations are stored on disk: float32 | float16
+    threads: str = "auto"  # CPU threads of this process: auto (CPUs it may use / processes on this machine) or N
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -129,6 +131,8 @@ class Settings:
             raise ConfigError(f"activation_dtype={self.activation_dtype!r} is not valid; use float32 or float16")
         if self.eval_batch_size <= 0:
             raise ConfigError(f"eval_batch_size={self.eval_batch_size} must be a positive integer")
+        if self.threads != "auto" and not (self.threads.isdigit() and int(self.threads) > 0):
+            raise ConfigError(f"threads={self.threads!r} is not valid; use auto or a positive integer")
 
 
 @dataclass
@@ -180,16 +184,37 @@ def _typed(group: str, schema: type, values: Any) -> Any:
         full_key = getattr(ex, "full_key", None)
         key = ".".join(part for part in (group, full_key) if part) or "config"
         message = str(getattr(ex, "msg", ex)).splitlines()[0]
+        if isinstance(ex, ConfigKeyError) and full_key:
+            message = unknown_key_message(key, schema, full_key.split("."))
         raise ConfigError(f"{key}: {message}") from None
+
+
+def closest(name: str, valid: list[str]) -> str:
+    """`; did you mean X?` for the valid name closest to a misspelt one ('' when none is close)."""
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def unknown_key_message(key: str, schema: type, path: list[str]) -> str:
+    """`not a setting; did you mean sae.lr?` for a key the schema does not have (nested dataclasses followed)."""
+    for part in path[:-1]:
+        nested = {f.name: f.type for f in fields(schema)}.get(part)
+        if not (isinstance(nested, type) and is_dataclass(nested)):
+            break
+        schema = nested
+    valid = [f.name for f in fields(schema)]
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    return f"not a setting{closest(path[-1], valid).replace('mean ', 'mean ' + prefix)} (valid: {', '.join(valid)})"
 
 
 def parse_config(cfg: DictConfig) -> Config:
     """Validate a composed Hydra config and return the typed `Config` (raises ConfigError)."""
+    if "hydra" in cfg:  # the compose API's return_hydra_config: Hydra's own node is not a setting of the run
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as ex:
         raise ConfigError(str(getattr(ex, "msg", ex)).splitlines()[0]) from None
-    container.pop("hydra", None)
     groups: dict[str, Any] = {}
     for group, (registry, key) in _REGISTERED_GROUPS.items():
         values = container.pop(group, None)

@@ -16,9 +16,9 @@ from accelerate import Accelerator
 
 from sae_ception.config import Config
 from sae_ception.data import DataSplits, load_splits
-from sae_ception.errors import ConfigError
+from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.models import MODELS
-from sae_ception.utils.io import checkpoint_exists, write_text
+from sae_ception.utils.io import check_checkpoint, checkpoint_exists, write_text
 from sae_ception.utils.seeding import stage_seed
 from sae_ception.utils.tracking import Tracker
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RESUME_NEUTRAL = {
     ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",),
     ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("analysis",), ("cycle", "max_cycles"), ("cycle", "current"),
+    ("threads",),
 }
 
 
@@ -74,23 +75,36 @@ class RunLayout:
         return any((self.root / sub).exists() for sub in ("checkpoints", "activations", "results"))
 
 
-def _without_neutral(tree: dict, prefix: tuple = ()) -> dict:
+def without_neutral(tree: dict, prefix: tuple = ()) -> dict:
     out = {}
     for key, value in tree.items():
         path = (*prefix, key)
         if path in RESUME_NEUTRAL:
             continue
-        out[key] = _without_neutral(value, path) if isinstance(value, dict) else value
+        out[key] = without_neutral(value, path) if isinstance(value, dict) else value
     return out
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         diffs = []
         for key in sorted(set(old) | set(new), key=str):
-            diffs += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            diffs += differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return diffs
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def read_run_config(path: Path) -> dict:
+    """A run folder's config.yaml as a dict; a damaged one is one ArtifactError naming it."""
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as ex:
+        saved = ex
+    if not isinstance(saved, dict):
+        reason = " ".join(str(saved).split())[:120] if isinstance(saved, Exception) else "not a mapping of settings"
+        raise ArtifactError(f"{path} is damaged ({reason}); it records the settings that made this run: restore it, "
+                            "or use a new run_dir")
+    return saved
 
 
 def check_resumable(layout: RunLayout, cfg: Config) -> None:
@@ -103,14 +117,23 @@ def check_resumable(layout: RunLayout, cfg: Config) -> None:
         )
     if not layout.config.is_file():
         raise ConfigError(f"{layout.root} holds artifacts but no config.yaml; use a new run_dir")
-    old = _without_neutral(yaml.safe_load(layout.config.read_text()))
-    new = _without_neutral(asdict(cfg))
-    diffs = _differences(old, new)
+    old = without_neutral(read_run_config(layout.config))
+    new = without_neutral(asdict(cfg))
+    diffs = differences(old, new)
     if diffs:
         raise ConfigError(
             f"run_dir {layout.root} was made with other settings ({'; '.join(diffs[:3])}); "
             "rerun with the same settings to resume, or use a new run_dir"
         )
+
+
+def check_artifacts(layout: RunLayout) -> None:
+    """Every checkpoint the run folder holds is readable (config.json parses, the weights file is whole), so a
+    damaged one stops a resumed run before any training, naming it, instead of failing stages later."""
+    for folder in sorted(layout.root.glob("checkpoints/*_cycle_*")):
+        if checkpoint_exists(folder):
+            check_checkpoint(folder, f"delete {folder} (and the artifacts of later cycles) and rerun the same "
+                                     "command to recompute it")
 
 
 class RunContext:
@@ -124,6 +147,11 @@ class RunContext:
         self.activation_cache: dict[int, Any] = {}
         self.timings: list[dict] = []  # seconds per stage and cycle in this invocation (nested stages excluded)
         self._timer_stack: list[list[float]] = []
+
+    def use_folder(self, root: Path) -> None:
+        """Work in `root` (the folder this process claimed), recorded in the config as the job's folder."""
+        self.cfg.paths.output_dir = str(root)
+        self.layout = RunLayout(Path(root))
 
     @contextlib.contextmanager
     def timed(self, stage: str, cycle: int) -> Iterator[None]:

@@ -10,11 +10,13 @@ from sae_ception.cli import run_task
 from tests.conftest import TINY, compose_cfg
 
 
-def run_in_process(task, run_dir: Path, overrides: list[str] = (), preflight=None, base: list[str] = TINY):
-    return run_task(compose_cfg(run_dir, list(overrides), base), task, preflight)
+def run_in_process(task, run_dir: Path, overrides: list[str] = (), preflight=None, base: list[str] = TINY,
+                   from_run_folder: bool = False):
+    return run_task(compose_cfg(run_dir, list(overrides), base), task, preflight, from_run_folder=from_run_folder)
 
 
-def expect_one_line_error(caplog, run_dir: Path, overrides, match: str, task=None, preflight=None, base: list[str] = TINY):
+def expect_one_line_error(caplog, run_dir: Path, overrides, match: str, task=None, preflight=None, base: list[str] = TINY,
+                          from_run_folder: bool = False):
     """The run stops with exit code 2 and exactly one one-line error containing `match`, touching no file."""
     import pytest
 
@@ -23,7 +25,7 @@ def expect_one_line_error(caplog, run_dir: Path, overrides, match: str, task=Non
     before = snapshot(run_dir) if run_dir.exists() else {}
     caplog.clear()
     with pytest.raises(SystemExit) as exit_info:
-        run_in_process(task or run_cycles, run_dir, overrides, preflight, base=base)
+        run_in_process(task or run_cycles, run_dir, overrides, preflight, base=base, from_run_folder=from_run_folder)
     assert exit_info.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors

@@ -36,6 +36,12 @@ def existing_run(tmp_path_factory):
         (["device=gpu"], "device='gpu'"),
         (["analysis.context=-1"], "analysis.context=-1 must be >= 0"),
         (["dataset=mnist", "dataset.path=/no/such/folder"], "dataset.path"),
+        (["model.epochs=0"], "model.epochs=0 must be a positive integer"),
+        (["sae.epochs=0"], "sae.epochs=0 must be a positive integer"),
+        (["cycle.epochs=0"], "cycle.epochs=0 must be a positive integer"),
+        (["threads=many"], "threads='many' is not valid"),
+        (["+sae.lrr=1"], "sae.lrr: not a setting; did you mean sae.lr?"),
+        (["+cycle.epoch=3"], "cycle.epoch: not a setting; did you mean cycle.epochs?"),
     ],
 )
 def test_bad_values_on_an_existing_run(caplog, existing_run, overrides, match):

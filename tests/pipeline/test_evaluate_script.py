@@ -7,7 +7,7 @@ import pytest
 from sae_ception.cli import run_task
 from sae_ception.entrypoints import ENTRYPOINTS
 from sae_ception.stages.cycle import run_cycles
-from tests.conftest import compose_cfg, run_script
+from tests.conftest import TINY, compose_cfg, run_script
 from tests.pipeline.helpers import final_metrics, run_in_process, snapshot
 
 pytestmark = pytest.mark.slow
@@ -20,10 +20,10 @@ def run(tmp_path_factory):
     return run_dir
 
 
-def reevaluate(run_dir, overrides=()):
+def reevaluate(run_dir, overrides=(), base=("progress=false", "plots=false")):
     entry = ENTRYPOINTS["evaluate"]
-    # the composed defaults differ from the run's settings on purpose: the run's config.yaml must win
-    return run_task(compose_cfg(run_dir, ["model.hidden_sizes=[64,64]", *overrides]), entry.task, entry.preflight,
+    # only run_dir and these are given: every other setting (the defaults differ from the run's) comes from the run
+    return run_task(compose_cfg(run_dir, list(overrides), base=list(base)), entry.task, entry.preflight,
                     from_run_folder=True)
 
 
@@ -43,6 +43,29 @@ def test_one_cycle_only(run):
     assert [r["cycle"] for r in results] == [1]
     assert (run / "results" / "cycle_0.json").stat().st_mtime_ns == untouched
     assert len((run / "results" / "summary.csv").read_text().splitlines()) == 3  # header + cycles 0 and 1
+
+
+def test_settings_come_from_the_run_not_the_defaults(run):
+    """The run was made with wandb disabled and a [32,16] MLP; the defaults say wandb offline and [64,64]."""
+    reevaluate(run)
+    assert not (run / "wandb").exists(), "re-evaluation must not switch wandb on for a run made with it disabled"
+
+
+@pytest.mark.parametrize("override", ["model.hidden_sizes=[64,64]", "sae.l1_coefficient=0.5", "seed=3",
+                                      "sharpening=random", "experiment=mnist_paper"])
+def test_a_training_setting_that_differs_is_refused_not_ignored(run, caplog, override):
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        reevaluate(run, [override])
+    assert exit_info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and override in errors[0] and "config.yaml" in errors[0], errors
+    assert snapshot(run) == before
+
+
+def test_a_training_setting_equal_to_the_runs_is_accepted(run):
+    results = reevaluate(run, ["model.hidden_sizes=[32,16]", "eval_cycle=0", *TINY])
+    assert [r["cycle"] for r in results] == [0]
 
 
 def test_real_command_needs_only_run_dir(run):

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from sae_ception.data.base import DataSplits, Split
+from sae_ception.errors import ArtifactError
 from sae_ception.models.pretrained import load_tokenizer, resolve_source
 from sae_ception.utils.io import load_tensors, save_tensors
 
@@ -46,12 +47,30 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
     return tokenizer.batch_decode([[i] for i in ids])
 
 
+def _cached_tokens(path: Path, splits: DataSplits) -> Optional[dict[str, torch.Tensor]]:
+    """The cached token tensors, or None (with a warning) when the file is damaged or does not fit the splits:
+    a cache is recomputed, never trusted blindly."""
+    try:
+        tensors = load_tensors(path)
+    except ArtifactError as ex:
+        log.warning("tokens: %s; tokenising again", ex)
+        return None
+    for name in SPLITS:
+        n = len(getattr(splits, name).y)
+        shapes = [tuple(tensors[f"{name}.{field}"].shape) if f"{name}.{field}" in tensors else None
+                  for field in ("input_ids", "attention_mask")]
+        if shapes[0] is None or shapes[0] != shapes[1] or shapes[0][0] != n:
+            log.warning("tokens: %s does not fit the %s split (%d examples); tokenising again", path, name, n)
+            return None
+    return tensors
+
+
 def tokenize_splits(splits: DataSplits, pretrained: str, max_length: int, cache_dir: Optional[Path],
                     write_cache: bool = True) -> DataSplits:
     key = _fingerprint(pretrained, max_length, splits)
     path = Path(cache_dir) / f"tokens_{key}.safetensors" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        tensors = load_tensors(path)
+    tensors = _cached_tokens(path, splits) if path is not None and path.is_file() else None
+    if tensors is not None:
         log.info("tokens: reusing %s", path)
     else:
         tokenizer = load_tokenizer(pretrained)

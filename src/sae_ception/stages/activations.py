@@ -1,30 +1,88 @@
-"""Stage helper: the activations of model N, computed once per cycle and reused by every later stage."""
+"""Stage helper: the activations of model N, computed once per cycle and reused by every later stage.
+
+The activations are a cache: whatever can be recomputed is never trusted blindly. Before a run uses a cycle's
+folder, every file is checked (it loads; its shape fits the data, the model's width and the class count; its
+labels are this run's; every value is finite). A damaged cache is recomputed, with a warning naming the file;
+freshly computed activations that are not finite mean the model itself is broken, which stops the run.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
+from typing import Optional
 
-from sae_ception.activations import SplitActivations, collect_activations, load_activations
+import numpy as np
+
+from sae_ception.activations import SPLITS, SplitActivations, collect_activations, load_activations
+from sae_ception.errors import DivergenceError
 from sae_ception.run import RunContext
 from sae_ception.stages.artifacts import model_for_cycle
+from sae_ception.utils.batching import example_lengths
 
 log = logging.getLogger(__name__)
+
+FINITE_CHECK_ROWS = 65536  # rows per block of the finiteness check (bounded memory on any activation set)
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    return all(bool(np.isfinite(array[start:start + FINITE_CHECK_ROWS]).all())
+               for start in range(0, len(array), FINITE_CHECK_ROWS))
+
+
+def activation_problem(path: Path, ctx: RunContext) -> Optional[str]:
+    """Why the activations folder `path` cannot be used for this run (None when it can): a missing, truncated or
+    unreadable file, a shape that does not fit, labels of other data, or non-finite values."""
+    width, splits = ctx.cfg.model.target_width(), ctx.splits
+    for name in SPLITS:
+        split = getattr(splits, name)
+        n = len(split.y)
+        expected = {"acts": (n, width), "labels": (n,), "logits": (n, splits.num_classes)}
+        if ctx.cfg.sae.token_level and splits.is_text:
+            expected["tokens"] = (int(example_lengths(split.x).sum()), width)
+        for kind, shape in expected.items():
+            file = path / f"{name}.{kind}.npy"
+            if not file.is_file():
+                return f"{file} is missing"
+            try:
+                array = np.load(file, mmap_mode="r")
+            except (ValueError, OSError, EOFError) as ex:
+                return f"{file} is damaged ({' '.join(str(ex).split())[:120]})"
+            if array.shape != shape:
+                return f"{file} has shape {array.shape}, not {shape}"
+            if kind == "labels" and not np.array_equal(array, split.y.numpy()):
+                return f"{file} holds the labels of other data"
+            if kind != "labels" and not _all_finite(array):
+                return f"{file} holds NaN or inf values"
+    return None
 
 
 def activations_for_cycle(ctx: RunContext, cycle: int) -> dict[str, SplitActivations]:
     if cycle in ctx.activation_cache:
         return ctx.activation_cache[cycle]
     path = ctx.layout.activations(cycle)
-    if not path.is_dir():
-        if ctx.accelerator.is_main_process:
+    if ctx.accelerator.is_main_process:
+        problem = activation_problem(path, ctx) if path.is_dir() else None
+        if problem is not None:
+            log.warning("cycle %d: cached activations unusable: %s; recomputing them", cycle, problem)
+            shutil.rmtree(path)
+        if not path.is_dir():
             with ctx.timed("activations", cycle):
                 model = model_for_cycle(ctx, cycle)
                 collect_activations(model, ctx.splits, ctx.accelerator, ctx.cfg.eval_batch_size, path,
                                     dtype=ctx.cfg.activation_dtype, tokens=ctx.cfg.sae.token_level)
-        ctx.accelerator.wait_for_everyone()
+            problem = activation_problem(path, ctx)
+            if problem is not None:
+                shutil.rmtree(path)
+                raise DivergenceError(f"cycle {cycle}: the model of cycle {cycle} ({ctx.layout.model(cycle)}) gives "
+                                      f"unusable activations ({problem}); its training diverged or it does not fit "
+                                      "this data: retrain it with a lower learning rate")
+    ctx.accelerator.wait_for_everyone()
     acts = load_activations(path)
     log.info("cycle %d: target-layer activations (%s) at %s", cycle,
              " / ".join(f"{len(a.labels_N)} {name}" + (f" ({len(a.tokens_TD)} tokens)" if a.tokens_TD is not None else "")
                         for name, a in acts.items()), path)
     ctx.activation_cache = {cycle: acts}  # keep one cycle mapped
     return acts
+

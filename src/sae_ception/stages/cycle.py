@@ -13,7 +13,8 @@ from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.evaluate import run_evaluate
 from sae_ception.stages.sae import run_sae
-from sae_ception.utils.io import checkpoint_exists, load_tensors, read_json, write_json, write_text
+from sae_ception.evaluation.results_file import read_results
+from sae_ception.utils.io import checkpoint_exists, load_tensors, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -93,5 +94,5 @@ def write_plots(ctx: RunContext, results: list[dict]) -> list[Path]:
 
 def read_all_results(ctx: RunContext) -> list[dict]:
     """Every cycle's results in this run folder (a run resumed from cycle N still summarises 0..N-1)."""
-    paths = ctx.layout.root.glob("results/cycle_*.json")
-    return [read_json(p) for p in sorted(paths, key=lambda p: int(p.stem.split("_")[1]))]
+    paths = [p for p in ctx.layout.root.glob("results/cycle_*.json") if p.stem.split("_", 1)[1].isdigit()]
+    return [read_results(p) for p in sorted(paths, key=lambda p: int(p.stem.split("_")[1]))]

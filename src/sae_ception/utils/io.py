@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from safetensors import SafetensorError
@@ -44,18 +47,48 @@ def _usual_mode(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+# errno -> what a failed write means for the user
+WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for this file system"}
+
+
+@contextlib.contextmanager
+def naming_failed_writes(path: Path) -> Iterator[None]:
+    """A failed write (a full disk, a read-only folder: WRITE_ERRNOS) raises an OSError naming `path`, not the
+    temporary file it was writing."""
+    try:
+        yield
+    except (OSError, SafetensorError) as ex:
+        code = ex.errno if isinstance(ex, OSError) else _safetensors_errno(ex)
+        if code is None and re.fullmatch(r"\d+ requested and \d+ written", str(ex)):
+            code = errno.ENOSPC  # numpy's short write (`ndarray.tofile`): the disk filled up mid-write
+        if code not in WRITE_ERRNOS:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _safetensors_errno(ex: Exception) -> int | None:
+    """safetensors reports a failed write as `SafetensorError(... (os error 28))`: the errno it wraps."""
+    match = re.search(r"\(os error (\d+)\)", str(ex))
+    return int(match.group(1)) if match else None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step. A failed write
+    leaves `path` as it was and raises an OSError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with naming_failed_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        _usual_mode(tmp_path)
-        os.replace(tmp_path, path)
+        with naming_failed_writes(path):
+            yield tmp_path
+            _usual_mode(tmp_path)
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -63,13 +96,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` (folders appear complete or not at all)."""
+    """Yield a temporary folder beside `path`; on success it replaces `path` (folders appear complete or not at all).
+    A failed write leaves `path` as it was and raises an OSError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with naming_failed_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp_path
-        _usual_mode(tmp_path, directory=True)
+        with naming_failed_writes(path):
+            yield tmp_path
+            _usual_mode(tmp_path, directory=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -174,6 +210,21 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         raise ArtifactError(f"{directory / WEIGHTS_FILE} holds NaN or inf weights ({bad}): the training that saved it "
                             f"diverged; {remedy}")
     return state, meta
+
+
+def check_checkpoint(directory: str | os.PathLike, remedy: str) -> None:
+    """Cheap integrity check of a checkpoint folder without reading its weights: config.json parses, and the
+    weights file's header is valid and covers the file (a truncated file fails). ArtifactError names the file."""
+    directory = Path(directory)
+    meta = read_json(directory / META_FILE, remedy)
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{directory / META_FILE} is damaged (not a JSON object); {remedy}")
+    try:
+        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as ex:
+        reason = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+        raise ArtifactError(f"{directory / WEIGHTS_FILE} is damaged or truncated ({reason[:160]}); {remedy}") from None
 
 
 def checkpoint_exists(directory: str | os.PathLike) -> bool:

@@ -1,0 +1,114 @@
+"""Who owns a run folder: one live process at a time, and a fresh folder for every run that did not name one.
+
+Two kinds of collision corrupt results silently, so both are prevented here:
+- Runs and sweeps that did not name their folder get a timestamped one (`outputs/<date>/<time>`,
+  `multirun/<date>/<time>`); two started in the same second would share it. Such a folder is created
+  exclusively (`mkdir` without `exist_ok`); when it exists, the next free `<time>-1`, `<time>-2`, ... is taken.
+- Any process writing into a run folder holds an exclusive lock on `<run>/.lock` (`filelock`: `flock` on
+  POSIX), so a second live process on the same folder stops with one line. The operating system drops the
+  lock when its process dies, so a killed run never blocks its own resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from filelock import FileLock, Timeout
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from sae_ception.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+OWNER_FILE = ".lock.owner"  # who holds the lock (pid, host, start time), for the refusal message
+MAX_SUFFIX = 1000
+
+
+def claim_new_folder(path: Path) -> Path:
+    """Create `path`, or the first free `path-1`, `path-2`, ..., exclusively, and return the one created.
+    Two processes racing for one name each get their own folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in range(MAX_SUFFIX):
+        candidate = path if suffix == 0 else path.with_name(f"{path.name}-{suffix}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ArtifactError(f"{path} and {MAX_SUFFIX - 1} numbered variants already exist; give run_dir=... explicitly")
+
+
+def free_folder_name(path: Path) -> Path:
+    """The name `claim_new_folder` would take now (nothing is created): for read-only checks before the claim."""
+    path = Path(path)
+    for suffix in range(MAX_SUFFIX):
+        candidate = path if suffix == 0 else path.with_name(f"{path.name}-{suffix}")
+        if not candidate.exists():
+            return candidate
+    return path
+
+
+class RunFolderLock:
+    """An exclusive, non-blocking lock on a run folder, held while this process writes into it.
+
+    `acquire` raises ConfigError (one line, naming the holder) when another live process holds it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._lock: Optional[FileLock] = None
+
+    def acquire(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = (self.root / OWNER_FILE).read_text().strip() if (self.root / OWNER_FILE).is_file() else "unknown"
+            raise ConfigError(f"run_dir={self.root} is in use by another running process ({owner}); wait for it "
+                              "to finish, or give another run_dir") from None
+        self._lock = lock
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        (self.root / OWNER_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+
+    def release(self) -> None:
+        if self._lock is not None:
+            (self.root / OWNER_FILE).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunFolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that stays one literal string (quotes and backslashes escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class ClaimSweepFolder(Callback):
+    """Hydra callback: a `--multirun` sweep whose folder was not given (`hydra.sweep.dir=...`) gets a new one,
+    created exclusively, so two sweeps started in the same second never share job folders. A given sweep folder
+    is used as it is (rerunning a sweep resumes its jobs; each job's lock keeps two live sweeps apart)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra_overrides = list(config.hydra.overrides.hydra)
+        if any(o.lstrip("+~").startswith("hydra.sweep.dir=") for o in hydra_overrides):
+            return
+        claimed = claim_new_folder(Path(str(config.hydra.sweep.dir))).resolve()
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = str(claimed)
+            # each job's config is composed again from these overrides: they must carry the claimed folder
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quote(str(claimed))}")
+        log.info("sweep folder: %s", claimed)
