@@ -71,7 +71,7 @@ def test_a_missing_column_is_one_line_naming_the_setting(sst2_like, setting, val
 
 def test_labels_beyond_num_classes_are_rejected(tmp_path):
     write_tsv(tmp_path / "train.tsv", [(f"s {i}", i % 3) for i in range(30)])
-    with pytest.raises(ConfigError, match=r"dataset.num_classes=2 but sst2's labels go up to 2; set it to >= 3"):
+    with pytest.raises(ConfigError, match=r"dataset.num_classes=2 but sst2's labels go up to 2 \(.*train.tsv line 4 has label 2\); set it to >= 3"):
         load_splits(config(tmp_path, test_fraction=0.2), seed=0)
 
 

@@ -70,3 +70,74 @@ def test_silhouette_is_sampled_with_a_fixed_seed():
     a = clustering_metrics(x, labels, seed=1, silhouette_sample=200)
     b = clustering_metrics(x, labels, seed=1, silhouette_sample=200)
     assert a == b and a["silhouette_sample_size"] == 200
+
+
+# --- tiny splits: every index is NaN where undefined, never an exception --------------------------------------
+UNDEFINED_FOR_LABELS = ("silhouette_labels", "davies_bouldin", "calinski_harabasz")
+
+
+@pytest.mark.parametrize("labels", [
+    [0, 1],  # a 2-example test split of 2 classes: k = n
+    [0, 1, 2],  # k = n
+    [3, 7, 1, 0],  # k = n, non-contiguous labels
+    [0],  # one example
+    [0, 0],  # one class
+])
+@pytest.mark.parametrize("sparse_codes", [False, True])
+def test_k_outside_2_to_n_minus_1_gives_nan_not_an_error(labels, sparse_codes):
+    torch.manual_seed(0)
+    x = torch.randn(len(labels), 40)
+    if sparse_codes:
+        x = torch.relu(x - 1.8)  # mostly zeros: the CSR path
+        x[:, 0] = torch.arange(len(labels)).float() + 1  # distinct rows
+    m = clustering_metrics(x, torch.tensor(labels), seed=0)
+    assert all(math.isnan(m[key]) for key in ("ari_kmeans", *UNDEFINED_FOR_LABELS)), m
+    assert m["silhouette_sample_size"] == len(labels)
+
+
+def test_three_examples_two_classes_are_scored():
+    """k = 2 <= n - 1 = 2: everything is defined, including a class with a single example."""
+    x = torch.tensor([[0.0], [1.0], [10.0]])
+    m = clustering_metrics(x, torch.tensor([0, 0, 1]), seed=0)
+    assert not any(math.isnan(v) for v in m.values()), m
+    assert m["ari_kmeans"] == pytest.approx(1.0)
+    # silhouette: points 0, 1 have a = 1 and b = 10, 9; the lone point of class 1 scores 0 by definition
+    assert m["silhouette_labels"] == pytest.approx(((1 - 1 / 10) + (1 - 1 / 9) + 0) / 3)
+
+
+def test_k_means_with_every_point_its_own_cluster_has_no_kmeans_silhouette():
+    """Two classes over three points, two of them identical: k-means finds 2 clusters, fine; but with the
+    labels all different (k = n = 3) only the k-means silhouette (2 clusters) is defined."""
+    x = torch.tensor([[0.0], [0.0], [5.0]])
+    m = clustering_metrics(x, torch.tensor([0, 1, 2]), seed=0)
+    assert all(math.isnan(m[key]) for key in UNDEFINED_FOR_LABELS)
+    assert m["silhouette_kmeans"] == pytest.approx(2 / 3)  # the identical pair scores 1, the lone point 0
+    assert m["ari_kmeans"] == pytest.approx(0.0)
+
+
+def test_a_sample_holding_too_few_classes_gives_nan():
+    """The silhouette's fixed-seed sample may miss a class (here the sample of 2 holds 2 classes: k = n)."""
+    x, labels = torch.randn(50, 3), torch.arange(50) % 2
+    m = clustering_metrics(x, labels, seed=0, silhouette_sample=2)
+    assert math.isnan(m["silhouette_labels"]) and math.isnan(m["silhouette_kmeans"])
+    assert not math.isnan(m["davies_bouldin"]) and m["silhouette_sample_size"] == 2
+
+
+def test_calinski_harabasz_is_nan_outside_2_to_n_minus_1():
+    assert math.isnan(calinski_harabasz(torch.randn(3, 2), torch.tensor([0, 1, 2])))
+    assert math.isnan(calinski_harabasz(torch.randn(3, 2), torch.tensor([1, 1, 1])))
+
+
+def test_no_features_or_no_examples_give_nan():
+    for x, labels in ((torch.zeros(6, 0), torch.arange(6) % 2), (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))):
+        m = clustering_metrics(x, labels, seed=0)
+        assert all(math.isnan(m[key]) for key in ("ari_kmeans", "silhouette_kmeans", *UNDEFINED_FOR_LABELS))
+
+
+@pytest.mark.parametrize("rows,width,value", [(3, 12, 1.0), (7, 33, 0.3), (50, 129, -2.5)])
+def test_identical_rows_are_one_point_however_blas_rounds(rows, width, value):
+    """Every example at the same point: undefined. (A float projection could round identical rows apart.)"""
+    x = torch.full((rows, width), value)
+    m = clustering_metrics(x, torch.arange(rows) % 2, seed=0)
+    assert all(math.isnan(m[key]) for key in ("ari_kmeans", "silhouette_kmeans", *UNDEFINED_FOR_LABELS)), m
+    assert clustering.distinct_rows(x.numpy()) == 1

@@ -48,3 +48,25 @@ def test_sae_worked_example():
     assert got["l1"] == pytest.approx(2.0)
     assert got["dead_fraction"] == pytest.approx(1 / 3)
     assert got["always_on_fraction"] == pytest.approx(1 / 3)
+
+
+def test_the_reference_says_when_each_family_is_undefined():
+    """METRICS_REFERENCE.md promises null where a metric is undefined; each family says where that is."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "METRICS_REFERENCE.md").read_text()
+    sections = {part.split("\n", 1)[0]: part for part in text.split("\n## ")[1:]}
+    for title in ("performance", "monosemanticity_dense, monosemanticity_sae", "clustering_dense, clustering_sae", "probe"):
+        assert "Undefined (null)" in sections[title], title
+    assert "`[2, N − 1]`" in sections["clustering_dense, clustering_sae"]
+
+
+def test_tiny_split_worked_examples():
+    import math
+
+    from sae_ception.evaluation.clustering import clustering_metrics
+
+    pair = clustering_metrics(torch.tensor([[0.0, 3.0], [5.0, 1.0]]), torch.tensor([0, 1]), seed=0)
+    assert all(math.isnan(v) for k, v in pair.items() if k != "silhouette_sample_size")
+    three = clustering_metrics(torch.tensor([[0.0], [1.0], [10.0]]), torch.tensor([0, 0, 1]), seed=0)
+    assert three["ari_kmeans"] == pytest.approx(1.0) and three["silhouette_labels"] == pytest.approx(0.5963, abs=1e-4)

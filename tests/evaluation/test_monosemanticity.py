@@ -72,3 +72,26 @@ def test_quantiles_and_vectorised_agreement_with_a_loop():
         assert csi[unit].item() == pytest.approx(((top - rest) / (top + rest)).item(), rel=1e-5)
     metrics = monosemanticity_metrics(acts, labels)
     assert metrics["csi_q10"] <= metrics["csi_q50"] <= metrics["csi_q90"]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_no_or_one_example_gives_nan_everywhere_not_a_crash(n):
+    """With one example every unit is trivially constant: CSI, U and the dead-unit counts say nothing."""
+    metrics = monosemanticity_metrics(torch.rand(n, 4), torch.zeros(n, dtype=torch.long))
+    assert metrics["num_units"] == 4
+    assert all(math.isnan(v) for k, v in metrics.items() if k != "num_units"), metrics
+
+
+def test_two_examples_of_two_classes_are_scored():
+    acts = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 2.0]])
+    metrics = monosemanticity_metrics(acts, torch.tensor([0, 1]))
+    assert class_selectivity(acts, torch.tensor([0, 1]))[0].item() == pytest.approx(1.0)
+    assert metrics["dead_units"] == 2 and metrics["never_or_always_firing_units"] == 2
+    assert metrics["csi_mean"] == pytest.approx(1.0) and metrics["u_mean"] == pytest.approx(1.0)
+
+
+def test_a_class_with_a_single_example_is_fine():
+    acts = torch.tensor([[3.0], [5.0], [0.0]])
+    labels = torch.tensor([0, 0, 1])
+    assert class_selectivity(acts, labels).item() == pytest.approx(1.0)
+    assert uncertainty_coefficient(acts, labels).item() == pytest.approx(1.0)

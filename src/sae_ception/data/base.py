@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 import torch
 
-from sae_ception.errors import ConfigError
+from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,12 @@ class DatasetSource:
 def load_splits(cfg: DatasetConfig, seed: int) -> DataSplits:
     """Load `cfg.name`'s train/val/test splits; the same seed always gives the same splits."""
     splits = DATASETS.get(cfg.name)().load(cfg, seed)
-    top = max(int(s.y.max()) for s in (splits.train, splits.val, splits.test) if len(s))
+    present = [s for s in (splits.train, splits.val, splits.test) if len(s)]
+    top = max(int(s.y.max()) for s in present)
+    low = min(int(s.y.min()) for s in present)
+    if low < 0:
+        raise ArtifactError(f"dataset {cfg.name}: a label is {low}; labels must be integers in [0, {cfg.num_classes}) "
+                            "(dataset.num_classes)")
     if top >= cfg.num_classes:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} but {cfg.name}'s labels go up to {top}; set it to >= {top + 1}")
     log.info("dataset %s (examples of shape %s): %s", cfg.name, splits.input_shape, splits.source)

@@ -2,7 +2,8 @@
 
 Both are computed for every unit at once from per-class sums (no loop over units). A unit whose value
 never changes over the data (e.g. a latent that never fires) has no selectivity to measure: it gets
-NaN and is counted as dead instead of pulling the mean towards 0.
+NaN and is counted as dead instead of pulling the mean towards 0. Nothing here raises on a tiny split:
+with no examples, one example or one class the undefined numbers are NaN (null in the results file).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def class_selectivity(acts_NU: Tensor, labels_N: Tensor) -> Tensor:
     NaN for constant units and when fewer than two classes are present.
     """
     acts_NU = acts_NU.double()
+    if len(acts_NU) == 0:
+        return torch.full((acts_NU.shape[1],), torch.nan)
     floor_U = acts_NU.min(0).values
     sums_CU, counts_C = _present_class_sums(acts_NU - floor_U, labels_N)
     num_classes = len(counts_C)
@@ -84,11 +87,8 @@ def monosemanticity_metrics(
     """CSI and U summaries for one set of units (a dense layer or an SAE's latents)."""
     scores = scores if scores is not None else unit_scores(acts_NU, labels_N, threshold)
     csi_U, u_U = scores["csi"], scores["u"]
+    out = {**summarize(csi_U, "csi"), **summarize(u_U, "u"), "num_units": acts_NU.shape[1]}
+    if len(acts_NU) < 2:  # every unit is trivially "constant" on a single example: the counts say nothing
+        return out | {"dead_units": float("nan"), "never_or_always_firing_units": float("nan")}
     constant_U = torch.isnan(csi_U) if len(torch.unique(labels_N)) >= 2 else acts_NU.max(0).values == acts_NU.min(0).values
-    return {
-        **summarize(csi_U, "csi"),
-        **summarize(u_U, "u"),
-        "num_units": acts_NU.shape[1],
-        "dead_units": int(constant_U.sum()),
-        "never_or_always_firing_units": int(torch.isnan(u_U).sum()),
-    }
+    return out | {"dead_units": int(constant_U.sum()), "never_or_always_firing_units": int(torch.isnan(u_U).sum())}

@@ -12,6 +12,9 @@ from sae_ception.utils.batching import Inputs
 
 
 def f1_scores(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
+    """Macro and weighted F1 (NaN with no examples)."""
+    if len(labels_N) == 0:
+        return {"f1_macro": float("nan"), "f1_weighted": float("nan")}
     predictions, labels = logits_NC.argmax(-1).numpy(), labels_N.numpy()
     return {
         "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
@@ -20,6 +23,9 @@ def f1_scores(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, floa
 
 
 def accuracy_and_loss(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> dict[str, float]:
+    """Accuracy and mean cross-entropy (NaN with no examples)."""
+    if len(labels_N) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
     return {
         "accuracy": (logits_NC.argmax(-1) == labels_N).float().mean().item(),
         "loss": F.cross_entropy(logits_NC.float(), labels_N).item(),

@@ -15,8 +15,12 @@ from sklearn.preprocessing import StandardScaler
 def linear_probe_accuracy(
     train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, test_y: torch.Tensor, seed: int, max_iter: int = 500
 ) -> float:
-    """Test accuracy of a standardised multinomial logistic regression fitted on the training split."""
-    if len(torch.unique(train_y)) < 2:
+    """Test accuracy of a standardised multinomial logistic regression fitted on the training split.
+
+    NaN where undefined: fewer than two classes in the training split (nothing to tell apart), no test
+    examples, or no features. A class with one example, a constant feature (standardised to 0) or a single
+    test example are fine."""
+    if len(torch.unique(train_y)) < 2 or len(test_y) == 0 or train_X.ndim != 2 or train_X.shape[1] == 0:
         return float("nan")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
     with warnings.catch_warnings():

@@ -17,7 +17,7 @@ from torch import nn
 from sae_ception.errors import ConfigError
 from sae_ception.models.base import MODELS, Classifier, ModelConfig
 from sae_ception.models.blocks import block_count, find_blocks
-from sae_ception.models.pooling import POOLINGS, pool, pooling_weights, shift_pooled
+from sae_ception.models.pooling import POOLINGS, pool, pooling_weights, shift_pooled, with_a_token_per_row
 from sae_ception.models.pretrained import load_backbone, load_hf_config
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,21 @@ class TransformerClassifier(Classifier):
     def build_meta(self) -> dict:
         return {"input_dim": 0, "num_classes": self.num_classes}
 
+    def fill_token_id(self) -> int:
+        """The id fed to a row that has no column at all: the model's pad, else EOS, else BOS token, else 0."""
+        config = self.backbone.config
+        for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            value = getattr(config, key, None)
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            if isinstance(value, int) and 0 <= value < getattr(config, "vocab_size", value + 1):
+                return value
+        return 0
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask_BT = inputs["attention_mask"]
-        length = int(mask_BT.sum(1).max())  # dynamic padding: drop columns that are padding in every row
-        ids_BT, mask_BT = inputs["input_ids"][:, :length].long(), mask_BT[:, :length].long()
+        # prepared inputs give every row a real token already; this keeps direct calls safe too
+        ids_BT, mask_BT = with_a_token_per_row(inputs["input_ids"], inputs["attention_mask"], self.fill_token_id())
+        length = int(mask_BT.sum(1).max()) if len(mask_BT) else 1  # dynamic padding: drop all-padding columns
+        ids_BT, mask_BT = ids_BT[:, :length].long(), mask_BT[:, :length].long()
         self._mask_BT, self._weights_BT = mask_BT, pooling_weights(mask_BT, self.pooling)
         hidden_BTD = self.backbone(input_ids=ids_BT, attention_mask=mask_BT).last_hidden_state
         pooled_BD = pool(hidden_BTD, self._weights_BT)
@@ -119,4 +130,31 @@ class TransformerClassifier(Classifier):
         if not splits.is_text:
             raise ConfigError(f"model.name=transformer reads text but dataset={dataset_cfg.name} holds feature vectors; "
                               "use model=mlp, or a text dataset (dataset=sst2, ag_news)")
-        return tokenize_splits(splits, model_cfg.pretrained, dataset_cfg.max_length, cache_dir, write_cache)
+        tokens = tokenize_splits(splits, model_cfg.pretrained, dataset_cfg.max_length, cache_dir, write_cache)
+        return give_every_text_a_token(tokens, model_cfg.pretrained)
+
+
+def give_every_text_a_token(splits, pretrained: str):
+    """Splits whose every row has at least one real token (`with_a_token_per_row`), so every consumer of the
+    attention mask (batching by length, pooling, token rows, top tokens) sees the same tokens. A text the
+    tokenizer turns into nothing (empty, with no BOS/CLS added) stays an example, read as one padding token."""
+    from dataclasses import replace
+
+    prepared = {}
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        ids, mask = split.x["input_ids"], split.x["attention_mask"]
+        empty_N = mask.sum(1) == 0
+        if not bool(empty_N.any()):
+            continue
+        fill_id = 0
+        if ids.shape[1] == 0:  # every text of the split gave no token: no padding column to reuse
+            from sae_ception.models.pretrained import load_tokenizer
+
+            fill_id = int(load_tokenizer(pretrained).pad_token_id)
+        ids, mask = with_a_token_per_row(ids, mask, fill_id)
+        log.warning("%d %s texts give no token with %s's tokenizer (empty texts, as it adds no BOS/CLS token); each is "
+                    "read as one padding token (id %d)", int(empty_N.sum()), name, pretrained,
+                    int(ids[empty_N][0, 0]))
+        prepared[name] = replace(split, x={**split.x, "input_ids": ids, "attention_mask": mask})
+    return replace(splits, **prepared) if prepared else splits
