@@ -79,10 +79,10 @@ def test_free_decoder_trains_unconstrained_then_folds_to_unit_rows_keeping_the_f
     seen = {}
     original = sae.finish_training_
 
-    def spy():  # the state training ends in, before the fold
+    def spy(*args):  # the state training ends in, before the fold
         seen["norms"] = sae.W_dec_FD.norm(dim=-1).clone()
         seen["recon"], seen["codes"] = sae.decode(sae.encode(x)).clone(), sae.encode(x).clone()
-        original()
+        original(*args)
 
     sae.finish_training_ = spy
     train_sae(sae, x, sae.cfg, accelerator=accelerator, seed=0, show_progress=False)

@@ -49,16 +49,32 @@ def verdict(key: str, first, last) -> str:
     return "better" if change > 0 else "worse" if change < 0 else "same"
 
 
+def depends_on_sae(key: str) -> bool:
+    """Whether a `family/name` metric is computed from the SAE (its quality, its codes, or its reconstruction
+    spliced into the model), so it means nothing for a degenerate SAE."""
+    family, _, name = key.partition("/")
+    return family == "sae" or family.endswith("_sae") or name.startswith(("sae_", "spliced_"))
+
+
 def format_table(results: list[dict], skip_quantiles: bool = True) -> str:
-    """Rows are metrics, columns are cycles, the last column says whether the first -> last change is good."""
+    """Rows are metrics, columns are cycles, the last column says whether the first -> last change is good.
+    A cycle whose SAE is degenerate (`"sae_degenerate": true`: no latent fires) is marked `*`, and the SAE's
+    metrics get no verdict when the first or last cycle is such a cycle: better or worse than nothing is
+    not a change."""
     flats = [flatten_metrics(r["metrics"]) for r in results]
     keys = [k for k in flats[0] if not (skip_quantiles and "_q" in k.split("/", 1)[1])] if flats else []
+    degenerate = [bool(r.get("sae_degenerate")) for r in results]
     name_width = max((len(k) for k in keys), default=6)
-    header = f"{'metric':<{name_width}} | " + " | ".join(f"{'cycle ' + str(r['cycle']):>9}" for r in results) + " | change"
+    header = f"{'metric':<{name_width}} | " + " | ".join(
+        f"{'cycle ' + str(r['cycle']) + ('*' if bad else ''):>9}" for r, bad in zip(results, degenerate)) + " | change"
     lines = [header, "-" * len(header)]
     for key in keys:
         cells = " | ".join(_cell(flat.get(key)) for flat in flats)
-        lines.append(f"{key:<{name_width}} | {cells} | {verdict(key, flats[0].get(key), flats[-1].get(key))}")
+        judged = not (depends_on_sae(key) and (degenerate[0] or degenerate[-1]))
+        change = verdict(key, flats[0].get(key), flats[-1].get(key)) if judged else ""
+        lines.append(f"{key:<{name_width}} | {cells} | {change}")
+    if any(degenerate):
+        lines.append("* SAE degenerate (no latent fires on this split): its SAE metrics are not compared across cycles")
     return "\n".join(lines)
 
 

@@ -22,8 +22,9 @@ def encode_all(sae, acts_ND: torch.Tensor, batch_size: int = 4096) -> torch.Tens
 def pca_2d(features_NF: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """The first two principal-component coordinates, by seeded randomised SVD (a full SVD of
     50k x 4k codes takes a minute; this takes about a second and is exact enough for a picture)."""
-    if features_NF.shape[1] < 2:
-        return torch.zeros(len(features_NF), 2)
+    n, f = features_NF.shape
+    if n < 2 or f < 2:  # no plane to project on: one example, or one feature
+        return torch.full((n, 2), float("nan"))
     centred = features_NF.float() - features_NF.float().mean(0)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

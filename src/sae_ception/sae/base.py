@@ -6,7 +6,7 @@ small class plus one YAML file.
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, Optional, Union
+from typing import ClassVar, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ class SAEConfig:
     lr: float = 1e-3  # Adam learning rate
     lr_warmup_steps: int = 0  # linear LR ramp over the first steps (0 = none)
     grad_clip: Optional[float] = 1.0  # max global gradient norm; None or <= 0 disables clipping
-    dead_after_examples: int = 10000  # a latent silent for this many training examples counts as dead
+    dead_after_examples: int = 10000  # a latent silent this many training examples (or one epoch if shorter) is dead
     log_every: int = 10  # optimiser steps between log callbacks
     token_level: bool = False  # transformers: train on every non-padding token's activation, not the pooled one
     target_l0: Optional[float] = None  # penalised SAEs: find the penalty coefficient that gives this mean L0
@@ -95,7 +95,7 @@ class TrainingState:
     """What only the trainer knows but a variant's loss may need: the step (warmups) and the dead latents."""
 
     step: int = 0
-    dead_F: Optional[Tensor] = None  # bool per latent: silent for `dead_after_examples` examples
+    dead_F: Optional[Tensor] = None  # bool per latent: silent for the dead window (trainer.dead_window)
     any_dead: bool = True  # host-side hint, refreshed every few steps: False lets variants skip dead-latent work
     measure_l0: bool = True  # False: nobody reads this step's L0 (not a logged step), so it need not be counted
 
@@ -234,8 +234,10 @@ class SparseAutoencoder(nn.Module):
         if grad_FD is not None:
             grad_FD -= (grad_FD * self.W_dec_FD).sum(-1, keepdim=True) * self.W_dec_FD
 
-    def finish_training_(self) -> None:
-        """Called once when training ends (variants that train in another parametrisation convert here)."""
+    def finish_training_(self, acts_ND: Optional[Tensor] = None) -> None:
+        """Called once when training ends, with the training activations [N, d_in] (raw space): variants that
+        train in another parametrisation convert here, and those with inference-only parameters fit them
+        (BatchTopK's threshold). Reads at most `FIT_ROWS` rows (`fit_rows`)."""
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, directory: Union[str, Path], extra: Optional[dict] = None) -> Path:
@@ -262,6 +264,28 @@ def _moments(acts_ND: Tensor, chunk: int = 65536, squares: bool = True) -> tuple
         sum_D += block.sum(0)
         sum_sq_D += block.pow(2).sum(0)
     return sum_D / len(acts_ND), sum_sq_D / len(acts_ND)
+
+
+FIT_ROWS = 16384  # rows of the training activations that end-of-training estimates and checks read
+
+
+def fit_row_count(n: int) -> int:
+    """How many of n training rows `fit_rows` reads."""
+    return min(n, FIT_ROWS)
+
+
+def fit_rows(acts_ND: Tensor, rows_per_chunk: int, device: torch.device, seed: int = 0) -> Iterator[Tensor]:
+    """The training rows that end-of-training estimates read, `rows_per_chunk` at a time, as float32 on
+    `device`: every row of `acts_ND` [N, d_in] when N <= `FIT_ROWS`, else a fixed-seed sample of `FIT_ROWS`
+    rows (in row order, which is kind to memory-mapped files). Memory: one chunk at a time."""
+    n = len(acts_ND)
+    if n <= FIT_ROWS:
+        chunks = acts_ND.split(rows_per_chunk)
+    else:
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:FIT_ROWS].sort().values
+        chunks = (acts_ND[part.to(acts_ND.device)] for part in index.split(rows_per_chunk))
+    for chunk in chunks:
+        yield chunk.to(device).float()
 
 
 def build_sae(cfg: SAEConfig, d_in: int) -> SparseAutoencoder:

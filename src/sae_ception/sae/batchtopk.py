@@ -1,29 +1,32 @@
 """BatchTopK SAE (Bussmann et al. 2024): during training the k·B largest activations of the whole batch
-survive (so each example uses as many latents as it needs, k on average); at inference one learned
-threshold replaces the batch, so an example's code never depends on the others in its batch."""
+survive (so each example uses as many latents as it needs, k on average); at inference one threshold
+replaces the batch, so an example's code never depends on the others in its batch.
+
+The threshold is estimated once, from the trained weights, when training ends (`finish_training_`): it is
+the value above which k·S of the pre-activations of S training rows lie, i.e. BatchTopK with the training
+rows as one batch, so inference L0 on the training rows is k. (A running average of each batch's smallest
+kept activation, as in the paper, lags the weights: seeded at initialisation, it barely moves in a short run.)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_ception.sae.base import SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SparseAutoencoder, TrainingState, fit_row_count, fit_rows
 from sae_ception.sae.registry import SAE_TYPES
 from sae_ception.sae.topk import TopKSAE, TopKSAEConfig
+
+THRESHOLD_CHUNK_VALUES = 1 << 22  # pre-activations held at once while estimating the threshold (16 MiB)
 
 
 @dataclass
 class BatchTopKSAEConfig(TopKSAEConfig):
     type: str = "batchtopk"
-    threshold_momentum: float = 0.99  # EMA of the smallest kept activation per batch -> the inference threshold
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_setting(0 <= self.threshold_momentum < 1, "threshold_momentum", self.threshold_momentum, "must be in [0, 1)")
 
 
 def keep_batch_top_k(pre_BF: Tensor, k: int) -> Tensor:
@@ -34,30 +37,53 @@ def keep_batch_top_k(pre_BF: Tensor, k: int) -> Tensor:
     return pre_BF.new_zeros(flat.shape).scatter(0, idx, F.relu(values)).view_as(pre_BF)
 
 
+@torch.no_grad()
+def top_count_threshold(pre_chunks: Iterable[Tensor], count: int) -> float:
+    """The threshold θ >= 0 above which exactly `count` of all the values in `pre_chunks` lie: midway between
+    the count-th and the (count+1)-th largest value. 0 when fewer than `count` values are positive (then every
+    positive value is kept, as BatchTopK's ReLU keeps only positive ones) or when there are no more than
+    `count` values. Streams: holds the count + 1 largest values seen so far and one chunk."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    best = None
+    for chunk in pre_chunks:
+        flat = chunk.reshape(-1).float()
+        flat = flat if best is None else torch.cat([best, flat])
+        best = flat.topk(min(count + 1, flat.numel()), sorted=False).values
+    if best is None or best.numel() <= count:
+        return 0.0
+    smallest_two = best.topk(2, largest=False).values  # the (count+1)-th and the count-th largest
+    below, at = smallest_two.tolist()
+    if at <= 0:
+        return 0.0
+    return (at + max(below, 0.0)) / 2
+
+
 @SAE_TYPES.register("batchtopk")
 class BatchTopKSAE(TopKSAE):
     config_class = BatchTopKSAEConfig
 
     def __init__(self, cfg: BatchTopKSAEConfig, d_in: int):
         super().__init__(cfg, d_in)
-        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
+        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet (inference is then ReLU)
 
     def activation(self, pre_BF: Tensor) -> Tensor:
         if not self.training:
             return pre_BF * (pre_BF > self.threshold.clamp_min(0)).to(pre_BF.dtype)
-        codes_BF = keep_batch_top_k(pre_BF, self.cfg.k)
-        self._update_threshold(codes_BF)
-        return codes_BF
+        return keep_batch_top_k(pre_BF, self.cfg.k)
 
     @torch.no_grad()
-    def _update_threshold(self, codes_BF: Tensor) -> None:
-        kept = codes_BF[codes_BF > 0]
-        if kept.numel() == 0:
+    def finish_training_(self, acts_ND: Optional[Tensor] = None) -> None:
+        """Estimate the inference threshold from the trained weights: k·S of the pre-activations of the S
+        training rows that `fit_rows` reads (every row, or a fixed-seed sample of `FIT_ROWS`) lie above it,
+        so inference L0 on them is k (less where fewer than k·S are positive). Memory: one chunk of rows'
+        pre-activations plus the k·S + 1 largest values."""
+        if acts_ND is None or len(acts_ND) == 0:
             return
-        smallest = kept.min()
-        momentum = self.cfg.threshold_momentum
-        first = self.threshold < 0
-        self.threshold.copy_(torch.where(first, smallest, momentum * self.threshold + (1 - momentum) * smallest))
+        device = self.W_enc_DF.device
+        rows_per_chunk = max(1, THRESHOLD_CHUNK_VALUES // self.d_sae)
+        pre_chunks = (self.pre_activation(self.normalize(x_BD)) for x_BD in fit_rows(acts_ND, rows_per_chunk, device))
+        self.threshold.fill_(top_count_threshold(pre_chunks, self.cfg.k * fit_row_count(len(acts_ND))))
 
     def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None):
         """Autograd (the base class's): the batch-wide top-k has no hand-written path, unlike TopK's."""

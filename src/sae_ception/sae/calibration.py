@@ -5,6 +5,12 @@ many optimiser steps as the full training takes (more epochs over fewer rows: L0
 training depends on the number of steps), and measures mean L0 on validation rows. L0 falls as the
 coefficient grows, so the search brackets the target by factors of 4 and then interpolates in
 log-coefficient / log-L0. The full training then uses the coefficient found.
+
+Every trial trains with `sae.lr`, as the full training does. A trial that diverges (DivergenceError from
+the trainer: non-finite losses or weights, or reconstructions far worse than the mean) stops the search with
+that one line, naming the trial's coefficient: the penalty cannot make a learning rate stable (Adam's steps
+are about `sae.lr` whatever the loss's scale), so the full training would diverge too. A trial whose
+latents all die (a large coefficient) is no divergence: it is a point with L0 0, and the search moves on.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from sae_ception.sae.base import SAEConfig, build_sae
-from sae_ception.sae.trainer import train_sae
+from sae_ception.sae.trainer import fit_on_training_rows, train_sae
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +39,11 @@ def mean_l0(sae, acts_ND: torch.Tensor, batch_size: int = 8192) -> float:
 
 
 def calibrate_penalty(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tensor, *, accelerator: Accelerator,
-                      seed: int, max_trials: int = 10, tolerance: float = 0.05) -> tuple[SAEConfig, dict]:
+                      seed: int, max_trials: int = 10, tolerance: float = 0.05,
+                      what: str = "SAE training") -> tuple[SAEConfig, dict]:
     """(cfg with the calibrated coefficient, a record of the search). `tolerance`: stop when the subset's
-    validation L0 is within this relative distance of the target."""
+    validation L0 is within this relative distance of the target. Raises DivergenceError when a trial
+    diverges (`what` names the training in that one line)."""
     setting, target = cfg.penalty_setting, cfg.target_l0
     generator = torch.Generator().manual_seed(seed)
     count = max(cfg.batch_size, int(len(train_ND) * cfg.calibration_fraction))
@@ -47,7 +55,8 @@ def calibrate_penalty(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tens
         log_coefficient = min(max(log_coefficient, LOG_RANGE[0]), LOG_RANGE[1])
         trial_cfg = replace(cfg, epochs=epochs, **{setting: math.exp(log_coefficient)})
         sae = build_sae(trial_cfg, train_ND.shape[1])
-        train_sae(sae, subset, trial_cfg, accelerator=accelerator, seed=seed, show_progress=False)
+        train_sae(sae, subset, trial_cfg, accelerator=accelerator, seed=seed, show_progress=False,
+                  what=f"{what} (calibration trial {setting}={math.exp(log_coefficient):.3g})")
         l0 = mean_l0(sae, val_ND)
         log.info("calibration: %s=%.4g -> validation L0 %.2f (target %g)", setting, math.exp(log_coefficient), l0, target)
         points.append((log_coefficient, _log(l0)))
@@ -89,17 +98,19 @@ def _slope(trials: list[dict], setting: str) -> float:
 
 
 def train_calibrated(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tensor, *, accelerator: Accelerator,
-                     seed: int, log_fn: Callable | None = None, show_progress: bool = False, tolerance: float = 0.1):
+                     seed: int, log_fn: Callable | None = None, show_progress: bool = False, tolerance: float = 0.1,
+                     what: str = "SAE training"):
     """An SAE trained on all rows with its penalty calibrated to `cfg.target_l0`: the subset search, the
     full training, and, when the full run's validation L0 misses the target by more than `tolerance`,
     one correction (JumpReLU: its thresholds are re-tuned on the validation rows; others: one more full
-    training with the coefficient moved along the search's log-log slope). Returns (sae, record)."""
-    calibrated, record = calibrate_penalty(cfg, train_ND, val_ND, accelerator=accelerator, seed=seed)
+    training with the coefficient moved along the search's log-log slope). Returns (sae, record).
+    Raises DivergenceError (one line naming `what`) when a trial or a full training diverges."""
+    calibrated, record = calibrate_penalty(cfg, train_ND, val_ND, accelerator=accelerator, seed=seed, what=what)
 
     def full(run_cfg: SAEConfig):
         sae = build_sae(run_cfg, train_ND.shape[1])
         stats = train_sae(sae, train_ND, run_cfg, accelerator=accelerator, seed=seed, log_fn=log_fn,
-                          show_progress=show_progress)
+                          show_progress=show_progress, what=what)
         return sae, stats, mean_l0(sae, val_ND)
 
     sae, stats, l0 = full(calibrated)
@@ -108,6 +119,8 @@ def train_calibrated(cfg: SAEConfig, train_ND: torch.Tensor, val_ND: torch.Tenso
         if hasattr(sae, "retune_thresholds"):
             l0 = sae.retune_thresholds(val_ND.to(sae.W_dec_FD.device).float(), cfg.target_l0)
             record["correction"] = "thresholds re-tuned on validation rows"
+            final_fit = fit_on_training_rows(sae, train_ND)  # of the SAE as re-tuned
+            stats = {**stats, "final_fit": final_fit, "degenerate": final_fit["dead_fraction"] == 1.0}
         else:
             setting = record["setting"]
             factor = math.exp((_log(l0) - _log(cfg.target_l0)) / -_slope(record["trials"], setting))

@@ -85,7 +85,7 @@ class ReluSAE(SparseAutoencoder):
             super()._fit_encoder_scale_(sample_ND)
 
     @torch.no_grad()
-    def finish_training_(self) -> None:
+    def finish_training_(self, acts_ND: Optional[Tensor] = None) -> None:
         """Free decoder: move each row's norm into its latent (encoder column and bias scale by n_f, the row
         by 1/n_f). ReLU is positively homogeneous, so codes scale by n_f and reconstructions do not change."""
         if self.free_decoder:

@@ -2,25 +2,49 @@
 
 Each step asks the SAE for its losses and gradients (`loss_and_grads`: hand-written for ReLU and TopK,
 autograd otherwise), so the loop itself is the same for every variant and every stage. Everything per
-step stays on the device; the host syncs only when a log line is due and, on an accelerator every
-`DEAD_CHECK_EVERY` steps, to learn whether any latent is dead (variants skip dead-latent work while none is).
-Training L0 is counted on logged steps only (every `log_every` steps and the last), as a monitor; which
-latents fired, for dead-latent tracking, is known exactly at every step.
+step stays on the device; the host syncs only on logged steps (every `log_every` steps and the last) and,
+on an accelerator every `DEAD_CHECK_EVERY` steps, to learn whether any latent is dead (variants skip
+dead-latent work while none is). Training L0 is counted on logged steps only, as a monitor; which latents
+fired, for dead-latent tracking, is known exactly at every step.
+
+Divergence stops training with a DivergenceError (one line naming the training and `sae.lr`), so nothing of
+it is saved: non-finite losses on a logged step, non-finite weights at the end (NaN weights persist, so the
+end catches what the logged steps missed), or a trained SAE whose reconstructions of the training rows are
+worse than their mean by a wide margin (`DIVERGED_EXPLAINED_VARIANCE`).
 """
 
+import math
 from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState
+from sae_ception.errors import DivergenceError
+from sae_ception.evaluation.sae_quality import explained_variance
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, fit_rows
 from sae_ception.utils.batching import num_batches, shuffled_batches
+from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
+
+# An SAE whose explained variance on its training rows ends below this has diverged: its squared error is
+# more than twice the rows' variance about their mean, i.e. far worse than reconstructing every row by the
+# mean (EV 0), and than its own initialisation, which is fitted to explain a non-negative share (base.py).
+# Healthy trainings, however short, end well above 0; the learning rates that diverge end orders of magnitude
+# below (EV -1e8 at sae.lr=10, -1e30 at sae.lr=1e6 on the digits preset).
+DIVERGED_EXPLAINED_VARIANCE = -1.0
+
+
+def dead_window(dead_after_examples: int, rows_per_epoch: int) -> int:
+    """Training examples a latent must stay silent for to count as dead: `dead_after_examples`, or one epoch
+    when an epoch is shorter (a latent that fired on none of the training rows in a whole epoch is dead,
+    however short the run)."""
+    return max(1, min(dead_after_examples, rows_per_epoch))
 
 
 class FiringTracker:
-    """Training examples since each latent last fired; a latent silent for `dead_after` examples is dead."""
+    """Training examples since each latent last fired; a latent silent for `dead_after` examples is dead
+    (the trainer uses `dead_window`: `dead_after_examples`, or one epoch when that is shorter)."""
 
     def __init__(self, d_sae: int, dead_after: int, device: torch.device):
         self.since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
@@ -94,6 +118,43 @@ def optimise(sae: SparseAutoencoder, optimizer, accelerator: Accelerator, cfg: S
     sae.normalize_decoder_()
 
 
+def diverged(cfg: SAEConfig, what: str, how: str) -> DivergenceError:
+    """`sae.lr=1e+30: SAE training of cycle 0 diverged at step 12 (mse nan); lower sae.lr`."""
+    return DivergenceError(f"sae.lr={cfg.lr:g}: {what} diverged {how}; lower sae.lr")
+
+
+def _require_finite(values: dict[str, float], cfg: SAEConfig, what: str, step: int) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise diverged(cfg, what, f"at step {step} ({name} {value})")
+
+
+@torch.no_grad()
+def fit_on_training_rows(sae: SparseAutoencoder, acts_ND: Tensor, rows_per_chunk: int = 4096) -> dict:
+    """How the trained SAE (as it is: call after `eval()`) reconstructs the training rows that `fit_rows`
+    reads (all, or a fixed-seed sample): {"rows", "mse" (raw space, per element), "explained_variance"
+    (None when the rows do not vary), "l0", "dead_fraction" (latents that fire on none of these rows)}.
+    One streamed pass with float64 sums."""
+    device, n = sae.W_dec_FD.device, 0
+    sum_D = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
+    sum_sq, sse, active = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+    fired_F = torch.zeros(sae.d_sae, dtype=torch.bool, device=device)
+    for x_BD in fit_rows(acts_ND, rows_per_chunk, device):
+        codes_BF = sae.encode(x_BD)
+        x64_BD = x_BD.double()
+        n += len(x_BD)
+        sum_D += x64_BD.sum(0)
+        sum_sq += x64_BD.pow(2).sum()
+        sse += (sae.decode(codes_BF).double() - x64_BD).pow(2).sum()
+        active_BF = codes_BF != 0
+        active += active_BF.sum()
+        fired_F |= active_BF.any(0)
+    spread = sum_sq - sum_D.pow(2).sum() / n  # Σ ||x - mean||²
+    ev = explained_variance(sse.item(), spread.item(), sum_sq.item())
+    return {"rows": n, "mse": sse.item() / (n * sae.d_in), "explained_variance": None if math.isnan(ev) else ev,
+            "l0": active.item() / n, "dead_fraction": 1 - fired_F.float().mean().item()}
+
+
 def train_sae(
     sae: SparseAutoencoder,
     acts_ND: Tensor,
@@ -103,14 +164,22 @@ def train_sae(
     seed: int,
     log_fn: Optional[Callable[[dict, int], None]] = None,
     show_progress: bool = True,
+    what: str = "SAE training",
 ) -> dict:
-    """Train `sae` in place; returns last-epoch means of the loss terms, L0 and EV, plus dead fraction and steps."""
+    """Train `sae` in place on `acts_ND` [N, d_in] (raw activations). Returns last-epoch means of the loss
+    terms, L0 and EV; `dead_fraction` (latents silent for the dead window at the end: `dead_window`);
+    `final_fit` (`fit_on_training_rows` of the trained SAE) and `degenerate` (no latent of the trained SAE
+    fires on those rows); steps, epochs.
+
+    Raises DivergenceError, one line naming `what` and sae.lr, when the losses of a logged step or the
+    final weights are not finite, or the final fit's explained variance is below DIVERGED_EXPLAINED_VARIANCE."""
     sae.set_normalization(acts_ND)
     device, generator = accelerator.device, torch.Generator().manual_seed(seed)
     sae = sae.to(device)
     optimizer = make_optimizer(sae, cfg.lr)
-    tracker = FiringTracker(sae.d_sae, cfg.dead_after_examples, device)
     n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
+    rows_per_epoch = n // world if world > 1 else n
+    tracker = FiringTracker(sae.d_sae, dead_window(cfg.dead_after_examples, rows_per_epoch), device)
     total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
     bar = progress_bar(total_steps, "sae", show_progress)
     step, epoch_sums, epoch_counts = 0, {}, {}
@@ -136,13 +205,29 @@ def train_sae(
                 epoch_counts[key] = epoch_counts.get(key, 0) + 1
             step += 1
             bar.update()
-            if log_fn is not None and logged_step:
-                logged = {k: v.item() for k, v in metrics.items()}  # the only host sync in the loop
-                logged.update(dead_fraction=tracker.dead_F.float().mean().item(), lr=lr, epoch=epoch)
-                log_fn(logged, step)
+            if logged_step:  # the only host sync in the loop: one transfer of this step's numbers, averaged over
+                #              processes (so a NaN anywhere stops every process at the same step)
+                values = torch.stack([*metrics.values(), tracker.dead_F.float().mean()])
+                values = (accelerator.reduce(values, reduction="mean") if world > 1 else values).tolist()
+                logged = dict(zip([*metrics, "dead_fraction"], values))
+                _require_finite(logged, cfg, what, step)
                 bar.set_postfix(mse=f"{logged['mse']:.4g}", l0=f"{logged['l0']:.1f}")
+                if log_fn is not None:
+                    log_fn({**logged, "lr": lr, "epoch": epoch}, step)
     bar.close()
-    sae.finish_training_()
+    bad = non_finite_tensor(sae.state_dict())
+    if bad is not None:
+        raise diverged(cfg, what, f"by step {step} ({bad} holds NaN or inf)")
+    sae.finish_training_(acts_ND)
     sae.eval()
+    final_fit = fit_on_training_rows(sae, acts_ND)
+    ev = final_fit["explained_variance"]
+    if not math.isfinite(final_fit["mse"]):
+        raise diverged(cfg, what, f"(reconstruction error {final_fit['mse']} on the training rows)")
+    if ev is not None and ev < DIVERGED_EXPLAINED_VARIANCE:
+        raise diverged(cfg, what, f"(explained variance {ev:.3g} on the training rows, below "
+                                  f"{DIVERGED_EXPLAINED_VARIANCE:g}: reconstructions far worse than the rows' mean)")
     stats = {k: (v / epoch_counts[k]).item() for k, v in epoch_sums.items()}
-    return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "steps": step, "epochs": cfg.epochs}
+    return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "dead_window": tracker.dead_after,
+            "final_fit": final_fit, "degenerate": final_fit["dead_fraction"] == 1.0, "steps": step,
+            "epochs": cfg.epochs}

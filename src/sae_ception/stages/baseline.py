@@ -8,7 +8,7 @@ from pathlib import Path
 from sae_ception.models import save_model
 from sae_ception.run import RunContext
 from sae_ception.stages.artifacts import model_for_cycle, new_model
-from sae_ception.training.classifier import ClassifierSchedule, evaluate_classifier, train_classifier
+from sae_ception.training.classifier import ClassifierSchedule, evaluate_classifier, lr_setting_of, train_classifier
 from sae_ception.utils.io import checkpoint_exists
 from sae_ception.utils.seeding import seed_everything
 
@@ -31,6 +31,7 @@ def run_baseline(ctx: RunContext) -> Path:
         model, ctx.splits.train, ctx.splits.val, schedule,
         accelerator=ctx.accelerator, generator=generator, stage="baseline",
         log_fn=ctx.log_fn("baseline"), show_progress=cfg.progress, eval_batch_size=cfg.eval_batch_size,
+        what="baseline training", lr_setting=lr_setting_of(cfg, 0)[0],
     )
     val = evaluate_classifier(model, ctx.splits.val, ctx.accelerator, cfg.eval_batch_size)
     if ctx.accelerator.is_main_process:

@@ -1,9 +1,14 @@
-"""One loop trains the classifier for the baseline (task loss) and for auxiliary retraining (task + lambda * aux)."""
+"""One loop trains the classifier for the baseline (task loss) and for auxiliary retraining (task + lambda * aux).
+
+The host syncs once per epoch (the epoch's mean losses and the validation pass); a non-finite number there,
+or a non-finite weight when training ends, stops the training with a DivergenceError naming it and the
+learning-rate setting to lower, before anything is saved."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -12,13 +17,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from sae_ception.data import Split
-from sae_ception.errors import ConfigError
+from sae_ception.errors import ConfigError, DivergenceError
 from transformers import get_scheduler
 
 from sae_ception.models import Classifier
 from sae_ception.training.auxiliary_loss import cosine_alignment_loss
 from sae_ception.evaluation.performance import accuracy_and_loss
 from sae_ception.utils.batching import example_lengths, num_batches, shuffled_batches, take, to_device
+from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,14 @@ class ClassifierSchedule:
         return cls(epochs, model_cfg.batch_size, lr, model_cfg.weight_decay, keep_best, model_cfg.lr_schedule,
                    model_cfg.warmup_ratio, model_cfg.max_grad_norm, model_cfg.gradient_accumulation_steps,
                    model_cfg.group_by_length)
+
+
+def lr_setting_of(cfg, model_cycle: int) -> tuple[str, float]:
+    """The learning-rate setting (name, value) of the training that makes model N: `model.lr` for the baseline
+    (N = 0), `cycle.lr` for auxiliary retraining (N >= 1), or `model.lr` when `cycle.lr` is null."""
+    if model_cycle > 0 and cfg.cycle.lr:
+        return "cycle.lr", cfg.cycle.lr
+    return "model.lr", cfg.model.lr
 
 
 @dataclass
@@ -116,9 +130,16 @@ def train_classifier(
     log_fn: Optional[Callable[[dict, int], None]] = None,
     show_progress: bool = True,
     eval_batch_size: int = 1024,
+    what: Optional[str] = None,
+    lr_setting: str = "model.lr",
 ) -> tuple[Classifier, dict]:
     """AdamW over the chosen parameters, with LR warmup and decay, gradient accumulation and clipping;
-    returns the best-by-validation (or last) model and a history."""
+    returns the best-by-validation (or last) model and a history.
+
+    Raises DivergenceError, one line naming `what` (default: "<stage> training"), the epoch and `lr_setting`
+    (the setting that gave `schedule.lr`), when an epoch's mean training losses or its validation loss are
+    not finite, or a weight is not finite at the end."""
+    what = what or f"{stage} training"
     params = select_trainable(model, list(trainable))
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size, accelerator.num_processes)
@@ -162,7 +183,9 @@ def train_classifier(
             if log_fn is not None and (step % 10 == 0 or step == steps_per_epoch * schedule.epochs):
                 log_fn({k: v.item() for k, v in losses.items()} | {"loss": loss.item(), "epoch": epoch}, step)
         val_metrics = evaluate_classifier(raw_model, val, accelerator, eval_batch_size)
-        train_means = {f"train_{k}": (v / steps_per_epoch).item() for k, v in epoch_sums.items()}
+        train_means = _epoch_means(epoch_sums, steps_per_epoch, accelerator)
+        _require_finite({**train_means, "val_loss": val_metrics["loss"]}, what, lr_setting, schedule.lr,
+                        f"in epoch {epoch + 1} of {schedule.epochs}")
         history.append({"epoch": epoch, **train_means, **{f"val_{k}": v for k, v in val_metrics.items()}})
         bar.set_postfix(val_acc=f"{val_metrics['accuracy']:.4f}")
         bar.update()
@@ -173,6 +196,9 @@ def train_classifier(
     bar.close()
 
     model = accelerator.unwrap_model(model)
+    bad = non_finite_tensor(dict(model.named_parameters()))
+    if bad is not None:
+        raise _diverged(what, lr_setting, schedule.lr, f"by the end ({bad} holds NaN or inf)")
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     for param in model.parameters():
@@ -184,3 +210,23 @@ def train_classifier(
     log.info("%s: kept epoch %d of %d%s; %s", stage, kept_epoch + 1, schedule.epochs,
              " (best validation accuracy)" if best["state"] is not None else "", trend)
     return model, {"history": history, "kept_epoch": kept_epoch, "steps": step}
+
+
+def _epoch_means(epoch_sums: dict[str, torch.Tensor], steps: int, accelerator: Accelerator) -> dict[str, float]:
+    """`train_<loss>`: the epoch's mean of each loss, averaged over processes (one host sync), so a NaN on any
+    process stops every process in the same epoch."""
+    if not epoch_sums:
+        return {}
+    sums = torch.stack(list(epoch_sums.values()))
+    sums = accelerator.reduce(sums, reduction="mean") if accelerator.num_processes > 1 else sums
+    return {f"train_{k}": v / steps for k, v in zip(epoch_sums, sums.tolist())}
+
+
+def _diverged(what: str, lr_setting: str, lr: float, how: str) -> DivergenceError:
+    return DivergenceError(f"{lr_setting}={lr:g}: {what} diverged {how}; lower {lr_setting}")
+
+
+def _require_finite(values: dict[str, float], what: str, lr_setting: str, lr: float, when: str) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise _diverged(what, lr_setting, lr, f"{when} ({name} {value})")
