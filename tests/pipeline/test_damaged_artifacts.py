@@ -111,3 +111,13 @@ def test_activations_of_other_data_are_recomputed(caplog, run):
     run_in_process(lambda ctx: activations_for_cycle(ctx, 0), run, ["cycle.max_cycles=1"])
     assert any("holds the labels of other data" in r.getMessage() for r in caplog.records)
     assert snapshot(run) != before
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, lambda p: p.write_text('{"cycle": 1, "metrics": [1, 2]}')])
+def test_a_damaged_results_file_is_evaluated_again_on_resume(caplog, run, damage):
+    before = final_metrics(run)
+    damage(run / "results" / "cycle_1.json")
+    run_in_process(run_cycles, run, ["cycle.max_cycles=1"])
+    assert any("cycle_1.json is damaged" in r.getMessage() and "evaluating again" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    assert final_metrics(run) == before

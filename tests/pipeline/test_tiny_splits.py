@@ -46,7 +46,7 @@ def test_a_two_example_test_split_runs_every_stage_and_writes_null(tmp_path):
 ])
 def test_other_tiny_splits_run_every_stage(tmp_path, overrides, split, size):
     run_dir = tmp_path / "run"
-    run_in_process(run_cycles, run_dir, [*overrides, *FAST])  # plots=false: see the 2-example test for plots
+    run_in_process(run_cycles, run_dir, [*overrides, *FAST, "plots=true"])  # plots too: a 1-example PCA is NaN
     result = metrics(run_dir, 1)
     acts = run_dir / "activations" / "cycle_1" / f"{split}.labels.npy"
     assert len(np.load(acts)) == size
