@@ -1,11 +1,11 @@
 """Runs side by side on one machine: wall time of the default digits job alone and as two simultaneous runs.
 
-    python benchmarks/bench_parallel_runs.py                 # 3 repeats of each setting
+    python benchmarks/bench_parallel_runs.py                 # 5 repeats of each setting
     python benchmarks/bench_parallel_runs.py --repeats 1 --skip-spinning
 
 Settings (each run is `python scripts/train_cycle.py wandb.mode=disabled run_dir=<new folder>` in a fresh
 interpreter):
-- one run alone (threads=auto: every CPU);
+- one run alone (threads=auto: every CPU), with the package's short OpenMP spin and with libgomp's default;
 - two at once, threads=auto (each uses every CPU: the cores are oversubscribed two to one);
 - two at once, threads=<CPUs / 2> (what README advises for runs started by hand side by side);
 - two at once, threads=auto with OpenMP spinning as torch's runtime does by default (GOMP_SPINCOUNT=300000,
@@ -45,16 +45,18 @@ def together(count: int, extra: list[str], env: dict[str, str], scratch: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-spinning", action="store_true", help="leave out the slow default-spinning setting")
     args = parser.parse_args()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    spinning = {**base, "GOMP_SPINCOUNT": "300000"}
     settings = [("one run alone, threads=auto", 1, [], base),
+                ("one run alone, threads=auto, GOMP_SPINCOUNT=300000", 1, [], spinning),
                 ("two at once, threads=auto", 2, [], base),
                 (f"two at once, threads={max(1, cpus // 2)}", 2, [f"threads={max(1, cpus // 2)}"], base)]
     if not args.skip_spinning:
-        settings.append(("two at once, threads=auto, GOMP_SPINCOUNT=300000", 2, [], {**base, "GOMP_SPINCOUNT": "300000"}))
+        settings.append(("two at once, threads=auto, GOMP_SPINCOUNT=300000", 2, [], spinning))
     print(f"{cpus} CPUs; `python scripts/train_cycle.py wandb.mode=disabled` (digits, baseline + 3 cycles); "
           f"median of {args.repeats}")
     with tempfile.TemporaryDirectory() as scratch:
