@@ -19,5 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    with one_line_hydra_errors():
+    with one_line_hydra_errors(run_settings_only=True):
         main()

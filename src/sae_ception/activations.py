@@ -10,6 +10,7 @@ SAE-ception loss aligns), `labels`, `logits` (task accuracy needs no second pass
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from accelerate import Accelerator
 from sae_ception.data import DataSplits
 from sae_ception.models import Classifier
 from sae_ception.utils.batching import Inputs, example_lengths, inference_batches, num_rows, to_device
-from sae_ception.utils.io import atomic_dir
+from sae_ception.utils.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,18 @@ def _new_memmap(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
 
 @torch.no_grad()
 def collect_split(model: Classifier, inputs: Inputs, folder: Path, name: str, accelerator: Accelerator,
-                  batch_size: int, dtype: str, tokens: bool) -> None:
-    """Write one split's activations and logits into `folder`, a batch at a time."""
+                  batch_size: int, dtype: str, tokens: bool) -> bool:
+    """Write one split's activations and logits into `folder`, a batch at a time. Returns whether every value
+    written is finite (checked on each batch in memory, as stored: float16 overflows to inf)."""
     model.eval()
-    n, width = num_rows(inputs), model.target_width()
-    acts = _new_memmap(folder / f"{name}.acts.npy", NUMPY_DTYPES[dtype], (n, width))
+    n, width, np_dtype = num_rows(inputs), model.target_width(), NUMPY_DTYPES[dtype]
+    acts = _new_memmap(folder / f"{name}.acts.npy", np_dtype, (n, width))
     token_rows, starts = None, None
     if tokens:
         lengths = example_lengths(inputs)
         starts = (torch.cumsum(lengths, 0) - lengths).tolist()  # example i's tokens start here (data order)
-        token_rows = _new_memmap(folder / f"{name}.tokens.npy", NUMPY_DTYPES[dtype], (int(lengths.sum()), width))
-    logits_NC = None
+        token_rows = _new_memmap(folder / f"{name}.tokens.npy", np_dtype, (int(lengths.sum()), width))
+    logits_NC, finite = None, True
     with model.capture_target() as captured:
         for rows, batch in inference_batches(inputs, batch_size):
             with accelerator.autocast():
@@ -78,9 +80,12 @@ def collect_split(model: Classifier, inputs: Inputs, folder: Path, name: str, ac
             if logits_NC is None:
                 logits_NC = torch.empty(n, logits.shape[1])
             logits_NC[rows] = logits
-            acts[rows.numpy()] = captured.acts.float().cpu().numpy()
+            batch_acts = captured.acts.float().cpu().numpy().astype(np_dtype, copy=False)
+            finite &= bool(np.isfinite(batch_acts).all() and torch.isfinite(logits).all())
+            acts[rows.numpy()] = batch_acts
             if token_rows is not None:
-                batch_tokens = captured.tokens.float().cpu().numpy()  # row-major: example by example
+                batch_tokens = captured.tokens.float().cpu().numpy().astype(np_dtype, copy=False)  # example by example
+                finite &= bool(np.isfinite(batch_tokens).all())
                 offset = 0
                 for row, length in zip(rows.tolist(), batch["attention_mask"].sum(1).tolist()):
                     token_rows[starts[row]:starts[row] + length] = batch_tokens[offset:offset + length]
@@ -91,17 +96,45 @@ def collect_split(model: Classifier, inputs: Inputs, folder: Path, name: str, ac
     if logits_NC is None:
         logits_NC = torch.zeros(0, getattr(model, "num_classes", 0))
     np.save(folder / f"{name}.logits.npy", logits_NC.numpy())
+    return finite
 
 
 def collect_activations(model: Classifier, splits: DataSplits, accelerator: Accelerator, batch_size: int,
                         path: Path, dtype: str = "float32", tokens: bool = False) -> None:
-    """Write every split's activations into the folder `path` (atomically: complete or absent)."""
+    """Write every split's activations into the folder `path` (atomically: complete or absent), with a
+    manifest (`write_manifest`) saying whether every value is finite."""
     model = model.to(accelerator.device)
     with atomic_dir(path) as tmp:
+        finite = True
         for name in SPLITS:
             split = getattr(splits, name)
-            collect_split(model, split.x, tmp, name, accelerator, batch_size, dtype, tokens and splits.is_text)
+            finite &= collect_split(model, split.x, tmp, name, accelerator, batch_size, dtype, tokens and splits.is_text)
             np.save(tmp / f"{name}.labels.npy", split.y.numpy())
+        write_manifest(tmp, finite)
+
+
+MANIFEST = "manifest.json"
+
+
+def _file_stamps(folder: Path) -> dict[str, list[int]]:
+    """Size and modification time (ns) of every .npy file in `folder`: what changes when a file is edited."""
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("*.npy"))}
+
+
+def write_manifest(folder: Path, finite: bool) -> None:
+    """Record the files as they are now and whether all their values are finite, so a later load that finds
+    them unchanged need not read them all again to know it (`manifest_says_finite`)."""
+    write_json(folder / MANIFEST, {"files": _file_stamps(folder), "finite": finite})
+
+
+def manifest_says_finite(folder: Path) -> Optional[bool]:
+    """Whether every value is finite, as the manifest recorded it, when every file is as the manifest saw it
+    (same names, sizes and modification times); None when there is no usable manifest or a file changed."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return bool(manifest["finite"]) if manifest["files"] == _file_stamps(folder) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _mapped(path: Path) -> torch.Tensor:

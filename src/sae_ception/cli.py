@@ -21,10 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sae_ception.config import closest, parse_config
+from sae_ception.config_file import read_run_config
 from sae_ception.entrypoints import ENTRYPOINTS
-from sae_ception.errors import ArtifactError, ConfigError, SAECeptionError
-from sae_ception.run import RunContext, check_artifacts, check_resumable, differences, without_neutral
-from sae_ception.run_folder import RunFolderLock, claim_new_folder, free_folder_name
+from sae_ception.errors import ArtifactError, ConfigError, DivergenceError, SAECeptionError
+from sae_ception.run import RunContext, check_artifacts, check_resumable
+from sae_ception.run_folder import ClaimSweepFolder, RunFolderLock, claim_new_folder
 from sae_ception.utils.device import make_accelerator, set_threads
 from sae_ception.utils.io import WRITE_ERRNOS, user_path
 from sae_ception.utils.tracking import Tracker
@@ -60,7 +61,7 @@ def hydra_error_line(ex: BaseException) -> Optional[str]:
         if full_key and isinstance(parent, DictConfig):
             prefix = full_key.rsplit(".", 1)[0] + "." if "." in full_key else ""
             valid = sorted(str(k) for k in parent.keys() if not str(k).startswith("_") and (prefix or k != "hydra"))
-            hint = closest(full_key.rsplit(".", 1)[-1], valid).replace("mean ", "mean " + prefix)
+            hint = closest(full_key.rsplit(".", 1)[-1], valid, prefix)
             shown = ", ".join(valid) if len(valid) <= 25 else ", ".join(valid[:25]) + ", ..."
             return f"{full_key} is not a setting{hint} (valid{' in ' + prefix[:-1] if prefix else ''}: {shown})"
         return " ".join(str(ex).split())
@@ -69,23 +70,55 @@ def hydra_error_line(ex: BaseException) -> Optional[str]:
     return None
 
 
+def _given_override(key: str) -> str:
+    """The command-line override that set `key` (as the user typed it), else `key`."""
+    return next((arg for arg in sys.argv[1:] if "=" in arg and override_key(arg) == key), key)
+
+
+def _refused_run_setting(ex: BaseException) -> Optional[str]:
+    """For a script that takes the run's settings from its folder: the override a Hydra error is about, when
+    it is a training setting (which that script refuses whatever its value)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if isinstance(ex, MissingConfigException) and ex.options:
+        group, _, option = str(ex.missing_cfg_file).rpartition("/")
+        key, typed = group, f"{group}={option}"
+    elif isinstance(ex, ConfigCompositionException) and getattr(ex.__cause__, "full_key", None):
+        key = ex.__cause__.full_key
+        typed = _given_override(key)
+    else:
+        return None
+    return None if key.split(".", 1)[0] in COMMAND_LINE_SETTINGS or key.startswith("hydra") else typed
+
+
 @contextlib.contextmanager
-def one_line_hydra_errors() -> Iterator[None]:
+def one_line_hydra_errors(run_settings_only: bool = False) -> Iterator[None]:
     """Around a `@hydra.main` function: Hydra's multi-line composition errors (exit 1) become the product's one
-    line (exit 2). Hydra re-raises them only when HYDRA_FULL_ERROR is set, so it is set here; a user who set it
-    themselves gets Hydra's full error, as Hydra documents."""
+    line (exit 2), and so does a write that fails in Hydra's own machinery (a sweep folder on a full or read-only
+    disk). Hydra re-raises its errors only when HYDRA_FULL_ERROR is set, so it is set for the call; a user who set
+    it themselves gets Hydra's full error, as Hydra documents. `run_settings_only`: the script takes the run's
+    settings from its folder (evaluate.py), so a training setting is refused as such, not as a misspelt key.
+    A sweep folder claimed for a sweep that never started a job is removed again."""
     user_wants_full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per record
     try:
         yield
-    except Exception as ex:  # noqa: BLE001 - only Hydra's own errors are turned into one line
-        line = None if user_wants_full else hydra_error_line(ex)
+    except Exception as ex:  # noqa: BLE001 - only Hydra's own errors and failed writes are turned into one line
+        refused = _refused_run_setting(ex) if run_settings_only and not user_wants_full else None
+        line = run_settings_only_line([refused], "the run folder's config.yaml") if refused else \
+            None if user_wants_full else hydra_error_line(ex) or (write_error_line(ex) if isinstance(ex, OSError) else None)
         if line is None:
             raise
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format=LOG_FORMAT, level=logging.INFO, stream=sys.stdout)
-        log.error("error: %s", line)
+        ClaimSweepFolder.release_unused()
+        # in the product's format whatever logging Hydra set up (a sweep's launcher logs as "[HYDRA]")
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (line,), None)
+        sys.stdout.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
+        sys.stdout.flush()
         sys.exit(2)
+    finally:
+        if not user_wants_full:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 # --- which folder, and which settings -----------------------------------------------------------------------
@@ -131,37 +164,26 @@ RUN_INDEPENDENT = ("wandb", "device", "progress", "eval_batch_size", "eval_cycle
 COMMAND_LINE_SETTINGS = (*RUN_INDEPENDENT, "paths", "run_dir", "resume")
 
 
+def run_settings_only_line(overrides: list[str], where: str) -> str:
+    """The refusal of training overrides given to a script that takes the run's settings from its folder."""
+    return (f"{' '.join(overrides)}: this script takes every setting of the run from {where}, so it cannot be "
+            f"given here; drop it (only {', '.join(f'{k}=...' for k in RUN_INDEPENDENT)} may be given)")
+
+
 def config_from_run_folder(hydra_cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The run folder's own config.yaml, so `scripts/evaluate.py run_dir=X` needs no other override. Settings in
-    COMMAND_LINE_SETTINGS given on this command line replace the run's; any other override that would change
-    the run's settings is refused (it would be silently ignored otherwise)."""
+    RUN_INDEPENDENT given on this command line replace the run's; any other override is refused (it would be
+    silently ignored otherwise), whatever its value."""
     folder = user_path(hydra_cfg.run_dir if not OmegaConf.select(hydra_cfg, "paths.output_dir") else hydra_cfg.paths.output_dir)
     saved = folder / "config.yaml"
     if not saved.is_file():
         raise ArtifactError(f"run_dir={folder} holds no config.yaml; give a run folder made by scripts/train_cycle.py")
-    try:
-        cfg = OmegaConf.load(saved)
-        if not isinstance(cfg, DictConfig):
-            raise ValueError("not a mapping of settings")
-    except (OmegaConfBaseException, ValueError, OSError, UnicodeDecodeError) as ex:
-        raise ArtifactError(f"{saved} is damaged ({' '.join(str(ex).split())[:160]}); it records the settings that "
-                            "made the run: restore it, or retrain in a new run_dir") from None
+    cfg = OmegaConf.create(read_run_config(saved))
     given = {override_key(o).split(".", 1)[0] for o in overrides}
-    changed = [o for o in overrides if override_key(o).split(".", 1)[0] not in COMMAND_LINE_SETTINGS
+    refused = [o for o in overrides if override_key(o).split(".", 1)[0] not in COMMAND_LINE_SETTINGS
                and not override_key(o).startswith("hydra")]
-    if changed:
-        run_cfg, typed = parse_config(cfg), parse_config(hydra_cfg)
-        diffs = differences(without_neutral(asdict(run_cfg)), without_neutral(asdict(typed)))
-        def touches(diff: str, key: str) -> bool:  # sae=topk, experiment=smoke: may touch every setting
-            return "." not in key or diff.startswith(key + ":") or diff.startswith(key + ".")
-
-        offending = [o for o in changed if any(touches(d, override_key(o)) for d in diffs)]
-        relevant = [d for d in diffs if any(touches(d, override_key(o)) for o in offending)]
-        if relevant:
-            raise ConfigError(
-                f"this script takes the run's settings from {saved}; {' '.join(offending)} would change "
-                f"{'; '.join(relevant[:3])} (the run's value first): drop it (only {', '.join(RUN_INDEPENDENT)} "
-                "may be given here)")
+    if refused:
+        raise ConfigError(run_settings_only_line(refused, str(saved)))
     for key in COMMAND_LINE_SETTINGS:
         if key in given or key in ("paths", "run_dir"):
             cfg[key] = hydra_cfg[key]
@@ -172,7 +194,7 @@ def config_from_run_folder(hydra_cfg: DictConfig, overrides: list[str]) -> DictC
 # --- the task ------------------------------------------------------------------------------------------------
 class RunFolderClaim:
     """This process's hold on its run folder: created (a new one when `fresh`), locked, and — if the run is
-    refused before it wrote anything — removed again when this invocation created it."""
+    refused or fails before its task starts — removed again when this invocation created it."""
 
     def __init__(self, folder: Path, fresh: bool):
         self.folder, self.fresh = folder, fresh
@@ -288,7 +310,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         set_threads(cfg.threads)
         accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
         folder, fresh = job_folder(cfg, overrides)
-        cfg.paths.output_dir = str(free_folder_name(folder) if fresh else folder)
+        cfg.paths.output_dir = str(folder)  # the folder actually claimed replaces it (`_claim`)
         ctx = RunContext(cfg, accelerator)
         claim = _claim(ctx, folder, fresh)  # another live process on this folder: refused here
         try:
@@ -297,7 +319,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
             ctx.splits  # data problems surface here, before anything is written
             if preflight is not None:
                 preflight(ctx)
-        except SAECeptionError:
+        except BaseException:  # refused (or crashed) before the run started: leave no folder or lock behind
             claim.abandon()
             raise
         if accelerator.is_main_process:
@@ -311,9 +333,15 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
                 result = task(ctx)
                 exit_code = 0
                 return result
-            finally:  # wandb is closed even when the task fails
+            finally:  # wandb is closed even when the task fails (an error closing it then must not hide the first)
                 if ctx.tracker is not None:
-                    ctx.tracker.finish(exit_code)
+                    with contextlib.suppress(OSError) if exit_code else contextlib.nullcontext():
+                        ctx.tracker.finish(exit_code)
+    except DivergenceError as ex:
+        models = ctx.layout.model_cycles()
+        reuse = f"; inputs.model={ctx.layout.model(models[-1])} starts it from this run's model {models[-1]}" if models else ""
+        log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
+        sys.exit(2)
     except SAECeptionError as ex:
         log.error("error: %s", ex)
         sys.exit(2)

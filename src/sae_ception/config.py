@@ -121,6 +121,10 @@ class Settings:
     threads: str = "auto"  # CPU threads of this process: auto (CPUs it may use / processes on this machine) or N
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed} must be an integer in [0, 2^32)")
+        if not str(self.run_dir).strip():
+            raise ConfigError("run_dir is empty; give a folder (or leave run_dir out for a new outputs/<date>/<time>)")
         if self.device not in DEVICES:
             raise ConfigError(f"device={self.device!r} is not valid; use one of {', '.join(DEVICES)}")
         if self.mixed_precision not in PRECISIONS:
@@ -189,10 +193,10 @@ def _typed(group: str, schema: type, values: Any) -> Any:
         raise ConfigError(f"{key}: {message}") from None
 
 
-def closest(name: str, valid: list[str]) -> str:
-    """`; did you mean X?` for the valid name closest to a misspelt one ('' when none is close)."""
+def closest(name: str, valid: list[str], prefix: str = "") -> str:
+    """`; did you mean <prefix>X?` for the valid name X closest to a misspelt one ('' when none is close)."""
     match = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    return f"; did you mean {match[0]}?" if match else ""
+    return f"; did you mean {prefix}{match[0]}?" if match else ""
 
 
 def unknown_key_message(key: str, schema: type, path: list[str]) -> str:
@@ -204,7 +208,7 @@ def unknown_key_message(key: str, schema: type, path: list[str]) -> str:
         schema = nested
     valid = [f.name for f in fields(schema)]
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    return f"not a setting{closest(path[-1], valid).replace('mean ', 'mean ' + prefix)} (valid: {', '.join(valid)})"
+    return f"not a setting{closest(path[-1], valid, prefix)} (valid: {', '.join(valid)})"
 
 
 def parse_config(cfg: DictConfig) -> Config:

@@ -15,8 +15,9 @@ import yaml
 from accelerate import Accelerator
 
 from sae_ception.config import Config
+from sae_ception.config_file import read_run_config
 from sae_ception.data import DataSplits, load_splits
-from sae_ception.errors import ArtifactError, ConfigError
+from sae_ception.errors import ConfigError
 from sae_ception.models import MODELS
 from sae_ception.utils.io import check_checkpoint, checkpoint_exists, write_text
 from sae_ception.utils.seeding import stage_seed
@@ -92,19 +93,6 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             diffs += differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return diffs
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
-
-
-def read_run_config(path: Path) -> dict:
-    """A run folder's config.yaml as a dict; a damaged one is one ArtifactError naming it."""
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as ex:
-        saved = ex
-    if not isinstance(saved, dict):
-        reason = " ".join(str(saved).split())[:120] if isinstance(saved, Exception) else "not a mapping of settings"
-        raise ArtifactError(f"{path} is damaged ({reason}); it records the settings that made this run: restore it, "
-                            "or use a new run_dir")
-    return saved
 
 
 def check_resumable(layout: RunLayout, cfg: Config) -> None:

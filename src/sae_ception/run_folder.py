@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -44,16 +45,6 @@ def claim_new_folder(path: Path) -> Path:
             continue
         return candidate
     raise ArtifactError(f"{path} and {MAX_SUFFIX - 1} numbered variants already exist; give run_dir=... explicitly")
-
-
-def free_folder_name(path: Path) -> Path:
-    """The name `claim_new_folder` would take now (nothing is created): for read-only checks before the claim."""
-    path = Path(path)
-    for suffix in range(MAX_SUFFIX):
-        candidate = path if suffix == 0 else path.with_name(f"{path.name}-{suffix}")
-        if not candidate.exists():
-            return candidate
-    return path
 
 
 class RunFolderLock:
@@ -102,13 +93,42 @@ class ClaimSweepFolder(Callback):
     created exclusively, so two sweeps started in the same second never share job folders. A given sweep folder
     is used as it is (rerunning a sweep resumes its jobs; each job's lock keeps two live sweeps apart)."""
 
+    claimed: list[tuple[Path, Path]] = []  # per sweep claimed in this process: (its folder, the outermost folder
+    #                                        the claim created: the folder itself or an ancestor)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_overrides = list(config.hydra.overrides.hydra)
         if any(o.lstrip("+~").startswith("hydra.sweep.dir=") for o in hydra_overrides):
             return
-        claimed = claim_new_folder(Path(str(config.hydra.sweep.dir))).resolve()
+        wanted = Path(str(config.hydra.sweep.dir)).resolve()
+        created = next((p for p in reversed([wanted, *wanted.parents]) if not p.exists()), wanted)
+        try:
+            claimed = claim_new_folder(wanted).resolve()
+        except OSError:  # Hydra turns a callback's error into a warning: let its own mkdir fail, in one line
+            return
+        ClaimSweepFolder.claimed.append((claimed, created))
+        if claimed.name != wanted.name:
+            log.info("%s is taken (another sweep started in the same second): this sweep writes to %s", wanted, claimed)
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(claimed)
             # each job's config is composed again from these overrides: they must carry the claimed folder
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quote(str(claimed))}")
-        log.info("sweep folder: %s", claimed)
+
+    @classmethod
+    def release_unused(cls) -> None:
+        """Remove the sweep folders this process claimed that hold no job's output (a sweep refused before its
+        first job: only Hydra's multirun.yaml, and job folders Hydra made that stayed empty), and the parent
+        folders the claim created, as long as they are empty (another sweep may be using them)."""
+        for folder, created in cls.claimed:
+            entries = list(folder.rglob("*")) if folder.is_dir() else []
+            if not all(p.name in ("multirun.yaml", LOCK_FILE) or p.is_dir() for p in entries):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in folder.parents:
+                if parent == created.parent:
+                    break
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
+        cls.claimed.clear()

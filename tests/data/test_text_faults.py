@@ -135,7 +135,9 @@ def test_a_train_file_without_labelled_rows_is_one_line(tmp_path, rows):
 # --- labels that are not labels ------------------------------------------------------------------------------------
 BAD_LABELS = {"-2": "is -2, a negative class", "1.5": "is '1.5', not an integer", "": "is empty",
               "  ": "is empty", "positive": "is 'positive', not an integer", "nan": "is 'nan', not an integer",
-              "inf": "is 'inf', not an integer", "-1.5": "is '-1.5', not an integer"}
+              "inf": "is 'inf', not an integer", "-1.5": "is '-1.5', not an integer",
+              "99999999999999999999999": "is 99999999999999999999999, too large for a class index",
+              "-99999999999999999999999": "is -99999999999999999999999, a negative class"}
 
 
 @pytest.mark.parametrize("bad", list(BAD_LABELS))

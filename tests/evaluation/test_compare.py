@@ -1,5 +1,6 @@
 """scripts/compare.py's core: grouping runs by what differs, mean ± std per group, change since cycle 0."""
 
+import json
 import math
 
 import pytest
@@ -264,3 +265,22 @@ def test_non_finite_values_are_undefined_not_averaged(sweep):
     row = next(r for r in compare(find_runs([sweep])).rows if r.metric == "performance/accuracy")
     assert row.final["per_class"][0] == pytest.approx(0.94) and row.final["per_class"][2] == 1
     assert row.change["per_class"][0] == pytest.approx(0.04) and row.change["per_class"][2] == 1
+
+
+def test_a_degenerate_sae_is_left_out_of_the_sae_metrics_with_a_note(tmp_path):
+    """A cycle whose SAE has no firing latent reads `sae/mse 0`: averaging it would call the change "ok"."""
+    make_run(tmp_path / "0", 0, "per_class", [0.90, 0.94])
+    make_run(tmp_path / "1", 1, "per_class", [0.90, 0.96])
+    for run, mse in (("0", [0.5, 0.0]), ("1", [0.5, 0.4])):
+        for cycle in (0, 1):
+            path = tmp_path / run / "results" / f"cycle_{cycle}.json"
+            data = json.loads(path.read_text())
+            data["metrics"]["sae"] = {"mse": mse[cycle]}
+            data["sae_degenerate"] = run == "0" and cycle == 1
+            write_json(path, data)
+    comparison = compare(find_runs([tmp_path]))
+    row = next(r for r in comparison.rows if r.metric == "sae/mse")
+    assert row.final["all runs"][:3:2] == (pytest.approx(0.4), 1)  # only the healthy run's value
+    accuracy = next(r for r in comparison.rows if r.metric == "performance/accuracy")
+    assert accuracy.final["all runs"][2] == 2  # the degenerate run's other metrics still count
+    assert any("degenerate SAE" in note and "cycle 1" in note for note in comparison.notes)

@@ -42,6 +42,8 @@ def existing_run(tmp_path_factory):
         (["threads=many"], "threads='many' is not valid"),
         (["+sae.lrr=1"], "sae.lrr: not a setting; did you mean sae.lr?"),
         (["+cycle.epoch=3"], "cycle.epoch: not a setting; did you mean cycle.epochs?"),
+        (["seed=-1"], "seed=-1 must be an integer in [0, 2^32)"),
+        (["run_dir="], "run_dir is empty"),
     ],
 )
 def test_bad_values_on_an_existing_run(caplog, existing_run, overrides, match):

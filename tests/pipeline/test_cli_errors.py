@@ -44,7 +44,8 @@ def test_hydra_errors_become_one_line_with_the_closest_valid_key(override, expec
 
 
 def test_real_cli_misspelt_key_is_one_line_exit_2_and_writes_nothing(tmp_path):
-    for flags, args in (([], ["sae.lrr=1"]), (["--multirun"], ["seed=0,1", "cycle.max_cycle=1"])):
+    for flags, args in (([], ["sae.lrr=1"]), (["--multirun"], ["seed=0,1", "cycle.max_cycle=1"]),
+                        (["--multirun"], ["sae.lrr=1,2"])):  # swept: Hydra composes each job, after claiming the sweep
         proc = run_script("train_cycle.py", *flags, *TINY, f"run_dir={tmp_path / 'run'}", *args, cwd=tmp_path)
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert proc.returncode == 2, lines
@@ -91,12 +92,17 @@ def test_progress_is_a_bar_only_on_a_terminal():
         def isatty(self):
             return True
 
+    from tqdm.auto import tqdm
+
     stream = Terminal()
     bar = progress_bar(5, "baseline", enabled=True, stream=stream, unit="epochs")
+    assert isinstance(bar, tqdm)
     bar.update()
     bar.close()
-    assert "\r" in stream.getvalue() or "baseline" in stream.getvalue()
-    assert not isinstance(progress_bar(5, "x", enabled=False), type(bar))
+    assert "\r" in stream.getvalue() and "baseline" in stream.getvalue()  # a bar, redrawn in place
+    assert not isinstance(progress_bar(5, "x", enabled=True, stream=io.StringIO()), tqdm)
+    assert not isinstance(progress_bar(5, "x", enabled=False, stream=stream), (tqdm, LogProgress)) or \
+        type(progress_bar(5, "x", enabled=False, stream=stream)).__name__ == "NoProgress"
 
 
 def test_threads_auto_shares_the_cpus_among_local_processes(monkeypatch):

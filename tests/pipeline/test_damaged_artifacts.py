@@ -49,6 +49,9 @@ DAMAGE = {
                                         lambda p: p.write_text("[1, 2]"), "is damaged (not a JSON object)"),
     "garbage run config": ("config.yaml", garbage, "config.yaml is damaged"),
     "run config not a mapping": ("config.yaml", lambda p: p.write_text("- just\n- a list\n"), "config.yaml is damaged"),
+    "run config with a YAML syntax error": ("config.yaml", lambda p: p.write_text("[[[\n"), "config.yaml is damaged"),
+    "truncated run config": ("config.yaml", lambda p: p.write_text(p.read_text()[:300]), "config.yaml is damaged"),
+    "empty run config": ("config.yaml", lambda p: p.write_text(""), "config.yaml is damaged (empty)"),
 }
 
 
@@ -62,7 +65,8 @@ def test_a_damaged_primary_artifact_is_one_line_naming_it(caplog, run, name):
     assert "delete" in message or "restore" in message  # says what to do
 
 
-@pytest.mark.parametrize("name", ["garbage run config", "truncated SAE weights"])
+@pytest.mark.parametrize("name", ["garbage run config", "run config with a YAML syntax error", "truncated run config",
+                                  "empty run config", "truncated SAE weights"])
 def test_evaluate_names_the_damaged_file_too(caplog, run, name):
     relative, damage, match = DAMAGE[name]
     damage(run / relative)
@@ -121,3 +125,23 @@ def test_a_damaged_results_file_is_evaluated_again_on_resume(caplog, run, damage
     assert any("cycle_1.json is damaged" in r.getMessage() and "evaluating again" in r.getMessage()
                for r in caplog.records if r.levelname == "WARNING")
     assert final_metrics(run) == before
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, lambda p: p.unlink()])
+def test_damaged_unit_scores_are_evaluated_again_on_resume(caplog, run, damage):
+    """results/units_cycle_N.safetensors is written with results/cycle_N.json: both, or the cycle is evaluated again."""
+    before = final_metrics(run)
+    damage(run / "results" / "units_cycle_1.safetensors")
+    run_in_process(run_cycles, run, ["cycle.max_cycles=1", "plots=true"])
+    assert any("units_cycle_1.safetensors" in r.getMessage() and "evaluating again" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    assert final_metrics(run) == before
+    assert (run / "plots" / "sae_codes_pca.png").is_file()
+
+
+def test_plots_leave_out_a_cycle_without_unit_scores_and_say_so(caplog, run):
+    """A cycle before the resumed range (cycle.current=1) is not evaluated again: its plots skip it, with a warning."""
+    (run / "results" / "units_cycle_0.safetensors").write_bytes(b"garbage")
+    run_in_process(run_cycles, run, ["cycle.max_cycles=1", "cycle.current=1", "plots=true"])
+    assert any("plots leave out cycle 0" in r.getMessage() and "eval_cycle=0" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")

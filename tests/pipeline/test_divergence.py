@@ -30,6 +30,12 @@ CASES = [  # (overrides, the one line starts with, artifacts that exist after it
      ["model_cycle_0"]),
     (["cycle.lr=1e30"], "cycle.lr=1e+30: auxiliary training of cycle 0 diverged in epoch 1 of 1 (",
      ["model_cycle_0", "sae_cycle_0"], ["model_cycle_1"]),
+    # finite but exploded: the losses stay finite, the kept epoch's task loss is far above guessing's ln(10)
+    (["model.lr=10"], "model.lr=10: baseline training diverged (the kept epoch ", [], ["model_cycle_0"]),
+    (["cycle.lr=1e6"], "cycle.lr=1e+06: auxiliary training of cycle 0 diverged (the kept epoch 1's mean task loss is ",
+     ["model_cycle_0", "sae_cycle_0"], ["model_cycle_1"]),
+    (["cycle.lr=100"], "cycle.lr=100: auxiliary training of cycle 0 diverged (the kept epoch 1's mean task loss is ",
+     ["model_cycle_0", "sae_cycle_0"], ["model_cycle_1"]),
 ]
 
 
@@ -42,7 +48,7 @@ def test_a_diverging_stage_stops_in_one_line_and_saves_nothing(caplog, tmp_path,
     assert exit_info.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0] and errors[0].startswith(f"error: {starts}"), errors
-    assert errors[0].endswith(f"; lower {starts.split('=')[0]}"), errors[0]
+    assert f"; lower {starts.split('=')[0]} (in a new run_dir: this one records the old value" in errors[0], errors[0]
     checkpoints = tmp_path / "checkpoints"
     for name in kept:  # earlier stages' artifacts are whole and finite
         load_checkpoint(checkpoints / name)
@@ -55,11 +61,26 @@ def test_a_diverging_stage_stops_in_one_line_and_saves_nothing(caplog, tmp_path,
     expect_one_line_error(caplog, tmp_path, overrides, starts)
 
 
+def dead_target_layer(run_dir, folder):
+    """Model 0 of `run_dir` with its last hidden layer (the one SAE-ception reads) dead: a bias of -1e3 keeps every
+    ReLU at 0. Finite weights that no SAE can find a feature in (issue 11 saw this after model.lr=1e6)."""
+    from sae_ception.utils.io import save_checkpoint
+
+    state, meta = load_checkpoint(run_dir / "checkpoints" / "model_cycle_0")
+    bias = sorted(k for k in state if k.endswith(".bias") and not k.startswith("head"))[-1]
+    state[bias] = torch.full_like(state[bias], -1e3)
+    save_checkpoint(folder, state, meta)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def dead_model_run(tmp_path_factory):
-    """model.lr=1e6: finite weights, but the ReLU layer SAE-ception reads is dead (every activation 0)."""
+    """A run started from a model whose target layer is dead: every activation the SAEs see is 0."""
+    source = tmp_path_factory.mktemp("source")
+    run_in_process(run_cycles, source, ["cycle.max_cycles=0"])
+    model = dead_target_layer(source, tmp_path_factory.mktemp("dead") / "model")
     run_dir = tmp_path_factory.mktemp("dead_model")
-    return run_dir, run_in_process(run_cycles, run_dir, ["model.lr=1e6", "cycle.max_cycles=1"])
+    return run_dir, run_in_process(run_cycles, run_dir, [f"inputs.model={model}", "cycle.max_cycles=1"])
 
 
 def test_a_degenerate_sae_is_reported_as_such(dead_model_run):
@@ -87,9 +108,10 @@ def test_a_degenerate_sae_is_never_called_better(dead_model_run, caplog):
     assert "cycle 0*" in table and "SAE degenerate" in table.splitlines()[-1]
 
 
-def test_the_summary_line_says_degenerate(tmp_path, caplog):
+def test_the_summary_line_says_degenerate(dead_model_run, tmp_path, caplog):
     caplog.set_level("INFO")
-    run_in_process(run_cycles, tmp_path, ["model.lr=1e6", "cycle.max_cycles=0"])
+    model = dead_model_run[0] / "checkpoints" / "model_cycle_0"
+    run_in_process(run_cycles, tmp_path, [f"inputs.model={model}", "cycle.max_cycles=0"])
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cycle 0 | test acc")]
     assert summary and summary[-1].endswith("| SAE DEGENERATE: all latents dead") and "EV n/a" in summary[-1]
 
@@ -164,4 +186,4 @@ def test_an_sae_with_untrustworthy_numbers_stops_evaluation_and_writes_nothing(f
     sae.save(target)
     run_in_process(lambda ctx: None, run_dir, ["cycle.max_cycles=0"])  # the copy's config.yaml names its new folder
     message = expect_one_line_error(caplog, run_dir, ["cycle.max_cycles=0"], starts, task=reevaluate)
-    assert message.endswith(f"the SAE of cycle 0 ({target}) diverged: train it again with a lower sae.lr")
+    assert f"the SAE of cycle 0 ({target}) diverged: train it again with a lower sae.lr (in a new run_dir" in message

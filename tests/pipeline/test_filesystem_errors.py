@@ -90,3 +90,10 @@ def test_any_failed_write_names_its_file(caplog, tmp_path, monkeypatch):
     assert str(tmp_path / "run" / "checkpoints" / "sae_cycle_0") in errors[0], errors
     assert not (tmp_path / "run" / "checkpoints" / "sae_cycle_0").exists()
     assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_a_sweep_in_a_read_only_place_is_one_line(small_disk):
+    disk = small_disk("size=1m,ro")
+    for where in ([], [f"hydra.sweep.dir={disk / 'sweep'}"]):  # under the working folder, or named
+        line = one_error_line(run_script("train_cycle.py", "--multirun", *TINY, "seed=0,1", *where, cwd=disk))
+        assert "read-only" in line, line

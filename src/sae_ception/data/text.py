@@ -157,6 +157,8 @@ def label_value(value) -> int:
             number = int(as_float)
     if number < UNLABELLED:
         raise BadLabel(f"is {number}, a negative class")
+    if number > np.iinfo(np.int64).max:
+        raise BadLabel(f"is {number}, too large for a class index")
     return number
 
 

@@ -12,7 +12,8 @@ What the table claims, and what it refuses to claim:
   has (with the closest keys), a `--cycle` some runs do not have (with the cycles they have);
 - what is unusual but still comparable is said in `note:` lines above the table: runs without results yet
   (left out), runs that end at different cycles or stopped before their `cycle.max_cycles`, runs without a
-  cycle 0 (no Δ for them), a `--by` key that some runs do not have (their group says `unset`).
+  cycle 0 (no Δ for them), a `--by` key that some runs do not have (their group says `unset`), and runs whose
+  SAE is degenerate at some cycle (its `sae/*` metrics are left out, as the run's own table does).
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import yaml
-
+from sae_ception.config_file import read_run_config
 from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.evaluation.report import flatten_metrics, verdict
 from sae_ception.evaluation.results_file import read_results, results_remedy
@@ -45,6 +45,7 @@ class RunResults:
     folder: Path
     settings: dict[str, Any]  # flattened config.yaml
     by_cycle: dict[int, dict[str, float]]  # cycle -> flat metrics (empty: no results yet)
+    degenerate: list[int] = field(default_factory=list)  # cycles whose SAE is degenerate (no latent fires)
 
     @property
     def expected_last(self) -> Optional[int]:
@@ -89,23 +90,14 @@ def read_settings(config: Path) -> dict[str, Any]:
     """A run's `config.yaml`, flattened; damaged, empty or not a mapping is one ArtifactError naming it."""
     remedy = (f"restore it from a copy (it holds the settings the run was made with), or move {config.parent} "
               "out of the folders being compared")
-    try:
-        tree = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as ex:
-        reason = " ".join(str(ex).split())[:120]
-        raise ArtifactError(f"{config} is damaged (not valid YAML: {reason}); {remedy}") from None
-    except OSError as ex:
-        raise ArtifactError(f"{config} cannot be read ({ex.strerror or ex}); {remedy}") from None
-    if not isinstance(tree, dict) or not tree:
-        what = "empty" if tree is None else f"a {type(tree).__name__}, not a mapping of settings"
-        raise ArtifactError(f"{config} is damaged ({what}); {remedy}")
-    return _flatten({str(k): v for k, v in tree.items()})
+    tree = read_run_config(config, remedy)
+    return _flatten(tree)
 
 
 def read_run(folder: Path) -> RunResults:
     """One run folder: its settings and every `results/cycle_N.json` (each checked; none yet is allowed)."""
     settings = read_settings(folder / "config.yaml")
-    by_cycle = {}
+    by_cycle, degenerate = {}, []
     files = [(int(m.group(1)), p) for p in (folder / "results").glob("cycle_*.json") if (m := RESULTS_NAME.fullmatch(p.name))]
     for cycle, path in sorted(files):
         data = read_results(path)
@@ -113,7 +105,10 @@ def read_run(folder: Path) -> RunResults:
             raise ArtifactError(f"{path} is damaged (it says cycle {data['cycle']}, its name says {cycle}); "
                                 f"{results_remedy(path)}")
         by_cycle[cycle] = flatten_metrics(data["metrics"])
-    return RunResults(folder=folder, settings=settings, by_cycle=by_cycle)
+        if data.get("sae_degenerate"):  # its sae/* numbers describe no features: left out, as the run's own table does
+            by_cycle[cycle] = {k: (None if k.startswith("sae/") else v) for k, v in by_cycle[cycle].items()}
+            degenerate.append(cycle)
+    return RunResults(folder=folder, settings=settings, by_cycle=by_cycle, degenerate=degenerate)
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -253,6 +248,10 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
     notes += _check_keys(runs, group_by)
     chosen, cycle_notes = _compared_cycles(runs, cycle)
     notes += cycle_notes
+    degenerate = [f"{r.folder} (cycle {', '.join(map(str, r.degenerate))})" for r in runs if r.degenerate]
+    if degenerate:
+        notes.append(f"{_runs(len(degenerate), 'has')} a degenerate SAE (no latent fires), whose sae/* metrics are "
+                     f"left out (the code-based ones are null already): {_names(degenerate)}")
     no_start = [r.folder for r in runs if 0 not in r.by_cycle]
     if no_start:
         notes.append(f"{_runs(len(no_start), 'has')} no cycle 0 results, so no Δ since cycle 0: {_names(no_start)}")

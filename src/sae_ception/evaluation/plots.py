@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from sae_ception.evaluation.report import ABSOLUTE, _direction, flatten_metrics  # noqa: E402
+from sae_ception.evaluation.report import ABSOLUTE, better_direction, flatten_metrics  # noqa: E402
 from sae_ception.utils.io import atomic_path  # noqa: E402
 
 COUNT_METRICS = ("num_units", "silhouette_sample_size")
@@ -101,7 +101,7 @@ def direction_label(name: str) -> str:
     """Which way is better for a metric (name after `family/`), as shown in its panel's title."""
     if name in ABSOLUTE:
         return "closer to 0 better"
-    return {1: "\u2191 better", -1: "\u2193 better"}.get(_direction(name), "no better direction")
+    return {1: "\u2191 better", -1: "\u2193 better"}.get(better_direction(name), "no better direction")
 
 
 def _change_label(values: list[Optional[float]]) -> str:

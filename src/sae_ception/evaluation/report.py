@@ -25,7 +25,7 @@ def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{family}/{name}": value for family, values in metrics.items() for name, value in values.items()}
 
 
-def _direction(name: str) -> int:
+def better_direction(name: str) -> int:
     """A quantile such as `csi_q90` goes the way its mean (`csi_mean`) goes."""
     if name in DIRECTIONS:
         return DIRECTIONS[name]
@@ -40,7 +40,7 @@ def _defined(value) -> bool:
 def verdict(key: str, first, last) -> str:
     """'better', 'worse', 'same' or '' (no preferred direction, or undefined) for a change first -> last."""
     name = key.split("/", 1)[1]
-    direction = _direction(name)
+    direction = better_direction(name)
     if not direction or not (_defined(first) and _defined(last)):
         return ""
     if name in ABSOLUTE:

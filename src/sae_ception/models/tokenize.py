@@ -53,7 +53,7 @@ def _cached_tokens(path: Path, splits: DataSplits) -> Optional[dict[str, torch.T
     try:
         tensors = load_tensors(path)
     except ArtifactError as ex:
-        log.warning("tokens: %s; tokenising again", ex)
+        log.warning("tokens: %s; tokenising again", str(ex).split("; ")[0])
         return None
     for name in SPLITS:
         n = len(getattr(splits, name).y)

@@ -2,8 +2,10 @@
 
 The activations are a cache: whatever can be recomputed is never trusted blindly. Before a run uses a cycle's
 folder, every file is checked (it loads; its shape fits the data, the model's width and the class count; its
-labels are this run's; every value is finite). A damaged cache is recomputed, with a warning naming the file;
-freshly computed activations that are not finite mean the model itself is broken, which stops the run.
+labels are this run's; every value is finite: checked while the files are written and recorded in a manifest,
+so a later load reads them all only if a file changed since). A damaged cache is recomputed, with a warning
+naming the file; freshly computed activations that are not finite mean the model itself is broken, which stops
+the run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from sae_ception.activations import SPLITS, SplitActivations, collect_activations, load_activations
+from sae_ception.activations import (SPLITS, SplitActivations, collect_activations, load_activations,
+                                     manifest_says_finite, write_manifest)
 from sae_ception.errors import DivergenceError
 from sae_ception.run import RunContext
 from sae_ception.stages.artifacts import model_for_cycle
@@ -33,8 +36,11 @@ def _all_finite(array: np.ndarray) -> bool:
 
 def activation_problem(path: Path, ctx: RunContext) -> Optional[str]:
     """Why the activations folder `path` cannot be used for this run (None when it can): a missing, truncated or
-    unreadable file, a shape that does not fit, labels of other data, or non-finite values."""
+    unreadable file, a shape that does not fit, labels of other data, or non-finite values. Finiteness is taken
+    from the folder's manifest when no file changed since it was written; otherwise every value is read once
+    (in blocks) and, when all are finite, the manifest is rewritten so the next load need not read them again."""
     width, splits = ctx.cfg.model.target_width(), ctx.splits
+    arrays = {}
     for name in SPLITS:
         split = getattr(splits, name)
         n = len(split.y)
@@ -53,8 +59,16 @@ def activation_problem(path: Path, ctx: RunContext) -> Optional[str]:
                 return f"{file} has shape {array.shape}, not {shape}"
             if kind == "labels" and not np.array_equal(array, split.y.numpy()):
                 return f"{file} holds the labels of other data"
-            if kind != "labels" and not _all_finite(array):
-                return f"{file} holds NaN or inf values"
+            if kind != "labels":
+                arrays[file] = array
+    finite = manifest_says_finite(path)
+    if finite is None:
+        bad = next((file for file, array in arrays.items() if not _all_finite(array)), None)
+        if bad is not None:
+            return f"{bad} holds NaN or inf values"
+        write_manifest(path, True)
+    elif not finite:
+        return f"{path} holds NaN or inf values (found while they were written)"
     return None
 
 

@@ -13,6 +13,7 @@ from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.evaluate import run_evaluate
 from sae_ception.stages.sae import run_sae
+from sae_ception.errors import ArtifactError
 from sae_ception.evaluation.results_file import read_results
 from sae_ception.utils.io import checkpoint_exists, load_tensors, write_json, write_text
 
@@ -84,8 +85,11 @@ def write_plots(ctx: RunContext, results: list[dict]) -> list[Path]:
     units = {}
     for result in results:
         path = ctx.layout.unit_scores(result["cycle"])
-        if path.is_file():
+        try:
             units[result["cycle"]] = {k: v.numpy() for k, v in load_tensors(path).items()}
+        except ArtifactError as ex:  # a cycle not evaluated in this invocation: its plots leave it out, and say so
+            log.warning("plots leave out cycle %d: %s; rewrite it with `python scripts/evaluate.py run_dir=%s "
+                        "eval_cycle=%d`", result["cycle"], str(ex).split("; ")[0], ctx.layout.root, result["cycle"])
     paths = plot_families(results, ctx.layout.plots())
     if units:
         paths += [plot_unit_histograms(units, ctx.layout.plots()), plot_code_projections(units, ctx.layout.plots())]

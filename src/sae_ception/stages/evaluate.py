@@ -7,8 +7,9 @@ Numbers that cannot be trusted are never written as if fine:
 - a non-finite loss or SAE error (the model's or the SAE's outputs overflow), or an SAE that reconstructs its
   own training rows far worse than their mean (explained variance below DIVERGED_EXPLAINED_VARIANCE: the
   trainer's rule, applied again to SAEs imported or saved by older versions) stops the stage with one line
-  (DivergenceError) and writes nothing; the same shortfall on the held-out rows only is a poor fit (e.g. an
-  SAE trained on a handful of examples), not a divergence, and gets a line in `"warnings"`;
+  (DivergenceError) and writes nothing; an SAE that reconstructs the held-out rows worse than their mean
+  (explained variance below 0) is a poor fit (a learning rate on the edge, an SAE trained on a handful of
+  examples), not a divergence, and gets a line in `"warnings"`;
 - an SAE none of whose latents fires on the held-out rows is degenerate: the results say so
   (`"sae_degenerate": true` and a line in `"warnings"`), its code-based metrics (probe, monosemanticity and
   clustering of the codes) are undefined (null) except the unit counts, and the summary line and the
@@ -33,7 +34,7 @@ from sae_ception.sae.trainer import DIVERGED_EXPLAINED_VARIANCE, fit_on_training
 from sae_ception.stages.activations import activations_for_cycle
 from sae_ception.stages.artifacts import model_for_cycle, sae_for_cycle
 from sae_ception.training.classifier import lr_setting_of
-from sae_ception.utils.io import save_tensors, write_json
+from sae_ception.utils.io import load_tensors, save_tensors, write_json
 from sae_ception.utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,15 @@ def _diverged(ctx: RunContext, cycle: int, what: str, culprit: str) -> Divergenc
 
 def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[str, Any]:
     """Results of cycle N; an existing results file is reused unless `recompute` (scripts/evaluate.py).
-    A damaged results file is recomputed (it derives from the checkpoints). Raises DivergenceError (nothing
+    A damaged or missing results or unit-scores file is recomputed (both derive from the checkpoints). Raises DivergenceError (nothing
     written) when the model's or the SAE's numbers are not finite."""
     path = ctx.layout.results(cycle)
     if path.is_file() and not recompute:
         try:
             results = read_results(path)
+            load_tensors(ctx.layout.unit_scores(cycle))  # written with it (for the plots): both, or evaluate again
         except ArtifactError as ex:
-            log.warning("cycle %d: %s; evaluating again", cycle, str(ex).split("; rewrite it")[0])
+            log.warning("cycle %d: %s; evaluating again", cycle, str(ex).split("; ")[0])
         else:
             log.info("cycle %d: found %s, skipping evaluation (resume)", cycle, path)
             log.info(summary_line(cycle, results["metrics"], bool(results.get("sae_degenerate"))))
@@ -132,9 +134,9 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
     )
     degenerate = quality["dead_fraction"] == 1.0
     warnings = []
-    if quality["explained_variance"] < DIVERGED_EXPLAINED_VARIANCE:  # (False when undefined: NaN)
+    if quality["explained_variance"] < 0:  # (False when undefined: NaN)
         # not a stop: the trainer already refused SAEs that diverged on their training rows, so this is a poor fit
-        # to held-out data (e.g. an SAE trained on a handful of examples), reported as such
+        # to held-out data (a learning rate on the edge, an SAE trained on a handful of examples), reported as such
         warnings.append(f"the SAE of cycle {cycle} reconstructs the {EVAL_SPLIT} split worse than its mean "
                         f"(explained variance {quality['explained_variance']:.3g})")
         log.warning("cycle %d: %s", cycle, warnings[-1])

@@ -52,7 +52,7 @@ def run_sae(ctx: RunContext, cycle: int) -> Path:
         log.warning("cycle %d: the SAE is degenerate: none of its %d latents fires on the %d training rows (all "
                     "dead)%s; its code-based metrics will be undefined", cycle, sae.d_sae, fit["rows"],
                     "; these activations do not vary (is model %d's target layer dead?)" % cycle
-                    if fit["explained_variance"] is None else "")
+                    if fit["explained_variance"] is None and fit["rows"] > 1 else "")
     if ctx.accelerator.is_main_process:
         sae.save(target, extra={"cycle": cycle, "training": stats})
     ctx.accelerator.wait_for_everyone()

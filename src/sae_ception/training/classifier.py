@@ -1,8 +1,9 @@
 """One loop trains the classifier for the baseline (task loss) and for auxiliary retraining (task + lambda * aux).
 
 The host syncs once per epoch (the epoch's mean losses and the validation pass); a non-finite number there,
-or a non-finite weight when training ends, stops the training with a DivergenceError naming it and the
-learning-rate setting to lower, before anything is saved."""
+a non-finite weight when training ends, or a kept epoch whose mean task loss is more than DIVERGED_LOSS_FACTOR
+times that of guessing uniformly stops the training with a DivergenceError naming it and the learning-rate
+setting to lower, before anything is saved."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ class ClassifierSchedule:
         return cls(epochs, model_cfg.batch_size, lr, model_cfg.weight_decay, keep_best, model_cfg.lr_schedule,
                    model_cfg.warmup_ratio, model_cfg.max_grad_norm, model_cfg.gradient_accumulation_steps,
                    model_cfg.group_by_length)
+
+
+# A training whose kept epoch ends with a mean task loss above this many times ln(classes) — the loss of guessing
+# uniformly — has diverged even with finite numbers (cycle.lr=1e6 ended at 5.9e16): a training that learns, or
+# overfits, ends below ln(classes); one that collapses to a constant guess ends near it (a legitimate outcome,
+# e.g. on shuffled labels), never ten times above it.
+DIVERGED_LOSS_FACTOR = 10.0
 
 
 def lr_setting_of(cfg, model_cycle: int) -> tuple[str, float]:
@@ -204,6 +212,12 @@ def train_classifier(
     for param in model.parameters():
         param.requires_grad_(True)
     kept_epoch = best["epoch"] if best["state"] is not None else schedule.epochs - 1
+    kept_loss, chance_loss = history[kept_epoch].get("train_task_loss", 0.0), math.log(max(2, model.num_classes))
+    if kept_loss > DIVERGED_LOSS_FACTOR * chance_loss:
+        raise _diverged(what, lr_setting, schedule.lr,
+                        f"(the kept epoch {kept_epoch + 1}'s mean task loss is {kept_loss:.3g}, over "
+                        f"{DIVERGED_LOSS_FACTOR:g} x ln(classes) = {DIVERGED_LOSS_FACTOR * chance_loss:.3g}: far worse "
+                        "than guessing)")
     trend = ", ".join(
         f"{key} {history[0][key]:.4f} -> {history[-1][key]:.4f}" for key in ("train_task_loss", "train_aux_loss") if history and key in history[0]
     )

@@ -201,9 +201,7 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
             f"{directory} is not a checkpoint folder (it needs {WEIGHTS_FILE} and {META_FILE})"
         )
     remedy = f"delete {directory} to have it trained again, or give another checkpoint"
-    meta = read_json(directory / META_FILE, remedy)
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{directory / META_FILE} is damaged (not a JSON object); {remedy}")
+    meta = _read_meta(directory, remedy)
     state = load_tensors(directory / WEIGHTS_FILE, remedy)
     bad = non_finite_tensor(state)
     if bad is not None:
@@ -212,13 +210,19 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     return state, meta
 
 
+def _read_meta(directory: Path, remedy: str) -> dict[str, Any]:
+    """A checkpoint's config.json: a JSON object, else one ArtifactError naming it and `remedy`."""
+    meta = read_json(directory / META_FILE, remedy)
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{directory / META_FILE} is damaged (not a JSON object); {remedy}")
+    return meta
+
+
 def check_checkpoint(directory: str | os.PathLike, remedy: str) -> None:
     """Cheap integrity check of a checkpoint folder without reading its weights: config.json parses, and the
     weights file's header is valid and covers the file (a truncated file fails). ArtifactError names the file."""
     directory = Path(directory)
-    meta = read_json(directory / META_FILE, remedy)
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"{directory / META_FILE} is damaged (not a JSON object); {remedy}")
+    _read_meta(directory, remedy)
     try:
         with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
             handle.keys()

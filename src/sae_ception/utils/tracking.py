@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sae_ception.utils.io import write_text
+from sae_ception.utils.io import naming_failed_writes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ class Tracker:
 
     def __init__(self, wandb_cfg, run_dir: Path, config: dict[str, Any]):
         self.run = None
+        self.files = run_dir / "wandb"  # what a failed write names (wandb copies images and logs there)
         if wandb_cfg.mode == "disabled":
             return
         import wandb
@@ -51,11 +52,13 @@ class Tracker:
 
     def log_step(self, stage: str, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
-            self.run.log({f"{stage}/{k}": v for k, v in metrics.items()} | {f"{stage}/step": step})
+            with naming_failed_writes(self.files):
+                self.run.log({f"{stage}/{k}": v for k, v in metrics.items()} | {f"{stage}/step": step})
 
     def log_cycle(self, cycle: int, flat_metrics: dict[str, float]) -> None:
         if self.run is not None:
-            self.run.log({f"eval/{k}": v for k, v in flat_metrics.items()} | {"cycle": cycle})
+            with naming_failed_writes(self.files):
+                self.run.log({f"eval/{k}": v for k, v in flat_metrics.items()} | {"cycle": cycle})
 
     def log_summary(self, results: list[dict], plots: list[Path]) -> None:
         """The cross-cycle table and the run's plots, as a wandb table and images."""
@@ -69,7 +72,8 @@ class Tracker:
         columns = list(dict.fromkeys(k for flat in flats for k in flat))
         table = wandb.Table(columns=["cycle", *columns],
                             data=[[r["cycle"], *(flat.get(k) for k in columns)] for r, flat in zip(results, flats)])
-        self.run.log({"summary/table": table} | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+        with naming_failed_writes(self.files):
+            self.run.log({"summary/table": table} | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
 
     def log_feature_cards(self, cycle: int, cards: dict[int, tuple[bytes, str]]) -> None:
         """The analysis gallery: one image per feature card (PNG bytes and caption), `analysis/cycle_N/feature_<id>`."""
@@ -79,10 +83,12 @@ class Tracker:
         from PIL import Image
 
         prefix = f"analysis/cycle_{cycle}/feature_"
-        self.run.log({f"{prefix}{feature}": wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
-                      for feature, (png, caption) in cards.items()})
+        with naming_failed_writes(self.files):
+            self.run.log({f"{prefix}{feature}": wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
+                          for feature, (png, caption) in cards.items()})
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
-            self.run.finish(exit_code=exit_code)
-            self.run = None
+            run, self.run = self.run, None
+            with naming_failed_writes(self.files):
+                run.finish(exit_code=exit_code)
