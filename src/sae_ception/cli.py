@@ -147,6 +147,14 @@ def _in_sweep_job() -> Optional[Path]:
     return None
 
 
+def _drop_empty_sweep_job_folder() -> None:
+    """A sweep job refused before it wrote anything leaves no empty folder (Hydra creates it before the job runs)."""
+    folder = _in_sweep_job()
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
 def job_folder(cfg, overrides: list[str]) -> tuple[Path, bool]:
     """(the run folder, whether a new one must be claimed): `paths.output_dir` when set, the job's folder in a
     sweep, else `run_dir`; a run_dir the user did not give (the timestamped default) is always a new folder."""
@@ -343,6 +351,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
         sys.exit(2)
     except SAECeptionError as ex:
+        _drop_empty_sweep_job_folder()
         log.error("error: %s", ex)
         sys.exit(2)
     except OSError as ex:
