@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from sae_ception.config_file import read_run_config
 from sae_ception.entrypoints import ENTRYPOINTS
 from sae_ception.errors import ArtifactError, ConfigError, DivergenceError, SAECeptionError
 from sae_ception.run import RunContext, check_artifacts, check_resumable
-from sae_ception.run_folder import ClaimSweepFolder, RunFolderLock, claim_new_folder
+from sae_ception.run_folder import ClaimSweepFolder, RunFolderClaim
 from sae_ception.utils.device import make_accelerator, set_threads
 from sae_ception.utils.io import WRITE_ERRNOS, user_path
 from sae_ception.utils.tracking import Tracker
@@ -200,42 +199,6 @@ def config_from_run_folder(hydra_cfg: DictConfig, overrides: list[str]) -> DictC
 
 
 # --- the task ------------------------------------------------------------------------------------------------
-class RunFolderClaim:
-    """This process's hold on its run folder: created (a new one when `fresh`), locked, and — if the run is
-    refused or fails before its task starts — removed again when this invocation created it."""
-
-    def __init__(self, folder: Path, fresh: bool):
-        self.folder, self.fresh = folder, fresh
-        self.created = False
-        self.lock: Optional[RunFolderLock] = None
-
-    def acquire(self) -> Path:
-        try:
-            if self.fresh:
-                self.folder = claim_new_folder(self.folder)
-                self.created = True
-            else:
-                self.created = not self.folder.exists()
-            self.lock = RunFolderLock(self.folder)
-            self.lock.acquire()
-        except OSError as ex:
-            why = WRITE_ERRNOS.get(ex.errno, "")
-            raise ArtifactError(f"run_dir={self.folder} cannot be written: {why + ' ' if why else ''}({ex.strerror or ex}); "
-                                "give a writable run_dir") from None
-        return self.folder
-
-    def abandon(self) -> None:
-        """Undo the claim of a refused run: nothing written by a run that never started survives."""
-        if self.created:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        self.release()
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-
 def _claim(ctx: RunContext, folder: Path, fresh: bool) -> RunFolderClaim:
     """Claim the run folder on the main process; every process learns the folder (or the refusal)."""
     claim, outcome = RunFolderClaim(folder, fresh), None

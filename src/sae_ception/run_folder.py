@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from sae_ception.errors import ArtifactError, ConfigError
+from sae_ception.utils.io import WRITE_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,42 @@ class RunFolderLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class RunFolderClaim:
+    """This process's hold on its run folder: created (a new one when `fresh`), locked, and — if the run is
+    refused or fails before its task starts — removed again when this invocation created it."""
+
+    def __init__(self, folder: Path, fresh: bool):
+        self.folder, self.fresh = folder, fresh
+        self.created = False
+        self.lock: Optional[RunFolderLock] = None
+
+    def acquire(self) -> Path:
+        try:
+            if self.fresh:
+                self.folder = claim_new_folder(self.folder)
+                self.created = True
+            else:
+                self.created = not self.folder.exists()
+            self.lock = RunFolderLock(self.folder)
+            self.lock.acquire()
+        except OSError as ex:
+            why = WRITE_ERRNOS.get(ex.errno, "")
+            raise ArtifactError(f"run_dir={self.folder} cannot be written: {why + ' ' if why else ''}({ex.strerror or ex}); "
+                                "give a writable run_dir") from None
+        return self.folder
+
+    def abandon(self) -> None:
+        """Undo the claim of a refused run: nothing written by a run that never started survives."""
+        if self.created:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _quote(value: str) -> str:

@@ -237,7 +237,7 @@ class SparseAutoencoder(nn.Module):
     def finish_training_(self, acts_ND: Optional[Tensor] = None) -> None:
         """Called once when training ends, with the training activations [N, d_in] (raw space): variants that
         train in another parametrisation convert here, and those with inference-only parameters fit them
-        (BatchTopK's threshold). Reads at most `FIT_ROWS` rows (`fit_rows`)."""
+        (BatchTopK's threshold). Reads at most `FIT_ROWS` rows (`fit_sample`)."""
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, directory: Union[str, Path], extra: Optional[dict] = None) -> Path:
@@ -269,22 +269,20 @@ def _moments(acts_ND: Tensor, chunk: int = 65536, squares: bool = True) -> tuple
 FIT_ROWS = 16384  # rows of the training activations that end-of-training estimates and checks read
 
 
-def fit_row_count(n: int) -> int:
-    """How many of n training rows `fit_rows` reads."""
-    return min(n, FIT_ROWS)
-
-
-def fit_rows(acts_ND: Tensor, rows_per_chunk: int, device: torch.device, seed: int = 0) -> Iterator[Tensor]:
-    """The training rows that end-of-training estimates read, `rows_per_chunk` at a time, as float32 on
-    `device`: every row of `acts_ND` [N, d_in] when N <= `FIT_ROWS`, else a fixed-seed sample of `FIT_ROWS`
-    rows (in row order, which is kind to memory-mapped files). Memory: one chunk at a time."""
+def fit_sample(acts_ND: Tensor) -> Tensor:
+    """The training rows that end-of-training estimates and checks read: `acts_ND` [N, d_in] itself when
+    N <= `FIT_ROWS`, else a fixed-seed sample of `FIT_ROWS` rows in row order (one gather, kind to
+    memory-mapped files: at most FIT_ROWS x d_in values in memory, whatever N)."""
     n = len(acts_ND)
     if n <= FIT_ROWS:
-        chunks = acts_ND.split(rows_per_chunk)
-    else:
-        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:FIT_ROWS].sort().values
-        chunks = (acts_ND[part.to(acts_ND.device)] for part in index.split(rows_per_chunk))
-    for chunk in chunks:
+        return acts_ND
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:FIT_ROWS].sort().values
+    return acts_ND[index.to(acts_ND.device)]
+
+
+def fit_rows(acts_ND: Tensor, rows_per_chunk: int, device: torch.device) -> Iterator[Tensor]:
+    """`fit_sample(acts_ND)`, `rows_per_chunk` rows at a time, as float32 on `device`."""
+    for chunk in fit_sample(acts_ND).split(rows_per_chunk):
         yield chunk.to(device).float()
 
 

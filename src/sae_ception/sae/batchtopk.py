@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_ception.sae.base import SparseAutoencoder, TrainingState, fit_row_count, fit_rows
+from sae_ception.sae.base import SparseAutoencoder, TrainingState, fit_rows, fit_sample
 from sae_ception.sae.registry import SAE_TYPES
 from sae_ception.sae.topk import TopKSAE, TopKSAEConfig
 
@@ -75,15 +75,16 @@ class BatchTopKSAE(TopKSAE):
     @torch.no_grad()
     def finish_training_(self, acts_ND: Optional[Tensor] = None) -> None:
         """Estimate the inference threshold from the trained weights: k·S of the pre-activations of the S
-        training rows that `fit_rows` reads (every row, or a fixed-seed sample of `FIT_ROWS`) lie above it,
+        training rows of `fit_sample` (every row, or a fixed-seed sample of `FIT_ROWS`) lie above it,
         so inference L0 on them is k (less where fewer than k·S are positive). Memory: one chunk of rows'
         pre-activations plus the k·S + 1 largest values."""
         if acts_ND is None or len(acts_ND) == 0:
             return
         device = self.W_enc_DF.device
         rows_per_chunk = max(1, THRESHOLD_CHUNK_VALUES // self.d_sae)
-        pre_chunks = (self.pre_activation(self.normalize(x_BD)) for x_BD in fit_rows(acts_ND, rows_per_chunk, device))
-        self.threshold.fill_(top_count_threshold(pre_chunks, self.cfg.k * fit_row_count(len(acts_ND))))
+        rows_ND = fit_sample(acts_ND)
+        pre_chunks = (self.pre_activation(self.normalize(x_BD)) for x_BD in fit_rows(rows_ND, rows_per_chunk, device))
+        self.threshold.fill_(top_count_threshold(pre_chunks, self.cfg.k * len(rows_ND)))
 
     def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None):
         """Autograd (the base class's): the batch-wide top-k has no hand-written path, unlike TopK's."""

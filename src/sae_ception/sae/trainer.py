@@ -21,8 +21,8 @@ from accelerate import Accelerator
 from torch import Tensor
 
 from sae_ception.errors import DivergenceError
-from sae_ception.evaluation.sae_quality import explained_variance
-from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, fit_rows
+from sae_ception.evaluation.sae_quality import sae_quality
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, fit_sample
 from sae_ception.utils.batching import num_batches, shuffled_batches
 from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
@@ -131,28 +131,14 @@ def _require_finite(values: dict[str, float], cfg: SAEConfig, what: str, step: i
 
 @torch.no_grad()
 def fit_on_training_rows(sae: SparseAutoencoder, acts_ND: Tensor, rows_per_chunk: int = 4096) -> dict:
-    """How the trained SAE (as it is: call after `eval()`) reconstructs the training rows that `fit_rows`
-    reads (all, or a fixed-seed sample): {"rows", "mse" (raw space, per element), "explained_variance"
-    (None when the rows do not vary), "l0", "dead_fraction" (latents that fire on none of these rows)}.
-    One streamed pass with float64 sums."""
-    device, n = sae.W_dec_FD.device, 0
-    sum_D = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
-    sum_sq, sse, active = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
-    fired_F = torch.zeros(sae.d_sae, dtype=torch.bool, device=device)
-    for x_BD in fit_rows(acts_ND, rows_per_chunk, device):
-        codes_BF = sae.encode(x_BD)
-        x64_BD = x_BD.double()
-        n += len(x_BD)
-        sum_D += x64_BD.sum(0)
-        sum_sq += x64_BD.pow(2).sum()
-        sse += (sae.decode(codes_BF).double() - x64_BD).pow(2).sum()
-        active_BF = codes_BF != 0
-        active += active_BF.sum()
-        fired_F |= active_BF.any(0)
-    spread = sum_sq - sum_D.pow(2).sum() / n  # Σ ||x - mean||²
-    ev = explained_variance(sse.item(), spread.item(), sum_sq.item())
-    return {"rows": n, "mse": sse.item() / (n * sae.d_in), "explained_variance": None if math.isnan(ev) else ev,
-            "l0": active.item() / n, "dead_fraction": 1 - fired_F.float().mean().item()}
+    """How the trained SAE (as it is: call after `eval()`) reconstructs the training rows of `fit_sample`
+    (all, or a fixed-seed sample): {"rows", "mse" (raw space, per element), "explained_variance" (None when the
+    rows do not vary), "l0", "dead_fraction" (latents that fire on none of these rows)}, from `sae_quality`."""
+    rows_ND = fit_sample(acts_ND)
+    quality = sae_quality(sae, rows_ND, batch_size=rows_per_chunk)
+    ev = quality["explained_variance"]
+    return {"rows": len(rows_ND), "mse": quality["mse"], "explained_variance": None if math.isnan(ev) else ev,
+            "l0": quality["l0"], "dead_fraction": quality["dead_fraction"]}
 
 
 def train_sae(
