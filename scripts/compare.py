@@ -1,13 +1,27 @@
-"""Compare the runs of a sweep: mean ± std per metric per group, at the last cycle and since cycle 0.
+"""Compare the runs of a sweep: mean ± std per metric per group, at the last cycle and since cycle 0; with
+--baseline, each group's difference from a baseline group, paired by seed, with its 95% confidence interval.
 
     python scripts/compare.py multirun/2026-11-21/20-00-00
     python scripts/compare.py multirun/2026-11-21/20-00-00 --by sharpening.type cycle.aux_loss_weight
     python scripts/compare.py outputs/run_a outputs/run_b --cycle 2 --all
+    python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline sharpening.type=per_class
+    python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline "random, 0.1" --metrics sae/mse --out figs
 
 Groups are the settings that differ between the runs (the seed never groups; it is what is averaged).
 Each group's header gives its number of runs n; a cell is the mean ± the sample std of its runs (one run:
-its value alone). A damaged file, a --by key no run has or a --cycle some runs lack is one line and exit
-status 2; what is unusual but comparable (runs still running, runs ending at different cycles) is a `note:`.
+its value alone).
+
+--baseline GROUP (a group label exactly as the table prints it, or key=value[,key=value] matching one group)
+adds a second table below: per other group and metric, d = value(group) − value(baseline) for each seed both
+have, the mean of d over the n pairs and its 95% interval mean ± t(0.975, n−1)·sd/√n (Student's t);
+`*` marks an interval that excludes 0, `ok`/`bad` whether that difference goes the metric's better way.
+Seeds only one side has, or repeated within a group, are left out and said in `note:` lines. The same numbers
+go to OUT/paired_vs_<baseline>.csv (one row per group × metric) and a PNG of the differences with their error
+bars (one panel per --metrics key; default: accuracy, the SAE's CSI / U / ARI means and the probe accuracies).
+
+A damaged file, a --by key no run has, a --cycle some runs lack or a --baseline that names no single group is
+one line and exit status 2; what is unusual but comparable (runs still running, runs ending at different
+cycles, unpaired seeds) is a `note:`.
 """
 
 import argparse
@@ -15,8 +29,25 @@ import os
 import sys
 from pathlib import Path
 
-from sae_ception.errors import SAECeptionError
+from sae_ception.errors import ConfigError, SAECeptionError
 from sae_ception.evaluation.compare import compare, find_runs, format_comparison
+from sae_ception.evaluation.compare_paired import (figure_metrics, format_paired, paired_comparison,
+                                                   select_baseline, write_paired)
+
+
+def _paired(comparison, args) -> str:
+    """The paired table and the paths of its CSV and PNG (written here)."""
+    skip = not args.all
+    paired = paired_comparison(comparison, select_baseline(comparison, args.baseline))
+    metrics = figure_metrics(paired, args.metrics)
+    out = args.out if args.out is not None else args.folders[0]
+    try:
+        written = write_paired(paired, out, metrics, skip_quantiles=skip)
+    except OSError as ex:
+        where = ex.filename or out
+        raise ConfigError(f"--out {out}: cannot write {where} ({ex.strerror or ex}); "
+                          "give --out a folder you can write to") from None
+    return format_paired(paired, skip_quantiles=skip) + "".join(f"\nwrote {path}" for path in written)
 
 
 def main() -> None:
@@ -26,12 +57,27 @@ def main() -> None:
                         help="settings to group by, e.g. sharpening.type (default: those that differ)")
     parser.add_argument("--cycle", type=int, default=None, help="cycle to compare (default: each run's last)")
     parser.add_argument("--all", action="store_true", help="also show the quantile metrics")
+    parser.add_argument("--baseline", default=None, metavar="GROUP",
+                        help="also show each group's difference from this group, paired by seed, with its 95%% CI: "
+                             "a group label as the table prints it (e.g. 'random, 0.1') or key=value[,key=value]")
+    parser.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
+                        help="with --baseline: the PNG's panels, e.g. performance/accuracy sae/mse (default: "
+                             "accuracy, the SAE's CSI / U / ARI means, the probe accuracies)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="with --baseline: folder for paired_vs_<baseline>.csv and .png (default: the first folder)")
     args = parser.parse_args()
     if not args.folders:
         parser.error("give at least one run or sweep folder (with --by, put the folders first: "
                      "compare.py FOLDER --by KEY)")
     try:
-        text = format_comparison(compare(find_runs(args.folders), args.by, args.cycle), skip_quantiles=not args.all)
+        for flag, value in (("--metrics", args.metrics), ("--out", args.out)):
+            if value is not None and args.baseline is None:
+                raise ConfigError(f"{flag}: only with --baseline GROUP (it chooses the paired PNG's panels / folder); "
+                                  "add --baseline, or leave it out")
+        comparison = compare(find_runs(args.folders), args.by, args.cycle)
+        text = format_comparison(comparison, skip_quantiles=not args.all)
+        if args.baseline is not None:
+            text += "\n\n" + _paired(comparison, args)
     except SAECeptionError as ex:
         print(f"error: {ex}", file=sys.stderr)
         sys.exit(2)

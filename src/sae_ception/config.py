@@ -16,6 +16,7 @@ from sae_ception.errors import ConfigError
 from sae_ception.models import MODELS, ModelConfig
 from sae_ception.sae import SAE_TYPES, SAEConfig
 from sae_ception.sharpening import SHARPENERS, SharpeningConfig
+from sae_ception.training.auxiliary_loss import AUX_LOSSES
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -31,26 +32,60 @@ class MethodConfig:
             raise ConfigError(f"method.name={self.name!r} is not a known method; valid: sae_ception")
 
 
+CYCLE_INITS = ("continue", "scratch")
+
+
+def _aux_weights(value: Any) -> Any:
+    """`cycle.aux_loss_weight` checked: a number >= 0, or a non-empty list of distinct numbers >= 0 (kept as given)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    shown = f"cycle.aux_loss_weight={list(values) if isinstance(value, (list, tuple)) else value}"
+    if not values:
+        raise ConfigError(f"{shown} is empty; give a weight >= 0 (e.g. 0.1) or a non-empty list of them ([0.01,0.1])")
+    for weight in values:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ConfigError(f"{shown}: {weight!r} is not a number; give a weight >= 0 or a list of them")
+        if not weight >= 0 or weight == float("inf"):
+            raise ConfigError(f"{shown}: {weight} is not valid; auxiliary weights must be finite and >= 0")
+    if len(set(map(float, values))) != len(values):
+        raise ConfigError(f"{shown} repeats a weight; give each weight once")
+    return [float(w) for w in values] if isinstance(value, (list, tuple)) else float(value)
+
+
 @dataclass
 class CycleConfig:
     """The SAE-ception loop: how many cycles, and how each auxiliary retraining runs."""
 
     max_cycles: int = 3  # auxiliary retrainings; models 0..max_cycles are each evaluated with their own SAE
     current: int = 0  # which cycle a single-stage script works on (model N, SAE N)
-    aux_loss_weight: float = 0.1  # lambda in task loss + lambda * (1 - cos(activation, target))
-    epochs: int = 10  # epochs of each auxiliary retraining
-    lr: Optional[float] = None  # None: model.lr
+    # lambda in task loss + lambda * aux_loss(activation, target), or a list of them: one model per lambda, the one
+    # with the best validation accuracy becomes model N+1 (every candidate's validation and test figures are saved)
+    aux_loss_weight: Any = 0.1
+    aux_loss: str = "cosine"  # cosine | cosine_centered | mse (training/auxiliary_loss.py)
+    init: str = "continue"  # continue: retrain model N (cycle.epochs, cycle.lr, cycle.keep_best);
+    #                         scratch: a fresh model from the baseline's seed with the baseline's schedule
+    #                         (model.epochs, model.lr, model.keep_best), as the paper's code does
+    epochs: int = 10  # epochs of each auxiliary retraining (init=continue)
+    lr: Optional[float] = None  # None: model.lr (init=continue)
     keep_best: bool = False  # keep the best-validation-accuracy epoch; False keeps the last, so the
     #                          auxiliary objective is not undone by selecting on task accuracy alone
     trainable: List[str] = field(default_factory=lambda: ["all"])  # ["all"] or parameter-name prefixes
+
+    @property
+    def aux_loss_weights(self) -> list[float]:
+        """The candidate weights of every auxiliary retraining (one, unless a list was given)."""
+        return list(self.aux_loss_weight) if isinstance(self.aux_loss_weight, list) else [self.aux_loss_weight]
 
     def __post_init__(self) -> None:
         if self.max_cycles < 0:
             raise ConfigError(f"cycle.max_cycles={self.max_cycles} must be >= 0")
         if self.current < 0:
             raise ConfigError(f"cycle.current={self.current} must be >= 0")
-        if self.aux_loss_weight < 0:
-            raise ConfigError(f"cycle.aux_loss_weight={self.aux_loss_weight} must be >= 0")
+        self.aux_loss_weight = _aux_weights(self.aux_loss_weight)
+        if self.aux_loss not in AUX_LOSSES:
+            raise ConfigError(f"cycle.aux_loss={self.aux_loss!r} is not valid{closest(str(self.aux_loss), list(AUX_LOSSES))}"
+                              f"; use one of {', '.join(AUX_LOSSES)}")
+        if self.init not in CYCLE_INITS:
+            raise ConfigError(f"cycle.init={self.init!r} is not valid; use one of {', '.join(CYCLE_INITS)}")
         if self.epochs < 1:
             raise ConfigError(f"cycle.epochs={self.epochs} must be a positive integer (epochs of each auxiliary "
                               "retraining; cycle.max_cycles=0 runs none)")
@@ -157,6 +192,7 @@ class Config(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.sae.validate_for(self.model.target_width())
+        self.sharpening.validate_for(self.sae.width(self.model.target_width()))
         if self.sae.target_l0 is not None and self.dataset.val_fraction == 0:
             raise ConfigError(f"sae.target_l0={self.sae.target_l0} is calibrated on validation data, but "
                               "dataset.val_fraction=0; set it > 0 (e.g. 0.1)")

@@ -54,6 +54,14 @@ class RunLayout:
     def results(self, cycle: int) -> Path:
         return self.root / "results" / f"cycle_{cycle}.json"
 
+    def auxiliary_record(self, cycle: int) -> Path:
+        """How model N+1 was made from cycle N: every candidate lambda's figures, the one chosen, the budget."""
+        return self.root / "results" / f"auxiliary_cycle_{cycle}.json"
+
+    def aux_candidate(self, cycle: int, index: int) -> Path:
+        """Candidate `index` of cycle N's auxiliary retraining (a list of lambdas); removed once model N+1 is chosen."""
+        return self.root / "checkpoints" / f"candidates_cycle_{cycle}" / f"lambda_{index}"
+
     def feature_report(self, cycle: int) -> Path:
         return self.root / "analysis" / f"cycle_{cycle}" / "feature_report.json"
 

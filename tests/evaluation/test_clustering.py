@@ -141,3 +141,46 @@ def test_identical_rows_are_one_point_however_blas_rounds(rows, width, value):
     m = clustering_metrics(x, torch.arange(rows) % 2, seed=0)
     assert all(math.isnan(m[key]) for key in ("ari_kmeans", "silhouette_kmeans", *UNDEFINED_FOR_LABELS)), m
     assert clustering.distinct_rows(x.numpy()) == 1
+
+
+# --- the paper's ARI: clusters by argmax over units (METRICS_REFERENCE.md's worked example) ---------------------
+ARGMAX_CODES = torch.tensor([
+    [2.0, 0.0, 0.0],  # unit 0
+    [1.0, 0.0, 0.0],  # unit 0
+    [0.0, 3.0, 1.0],  # unit 1
+    [0.0, 0.0, 0.0],  # no unit fires: unit 0, as numpy's argmax takes the first of tied units
+    [0.0, 1.0, 2.0],  # unit 2
+    [0.0, 2.0, 2.0],  # a tie between units 1 and 2: unit 1
+])
+ARGMAX_LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def test_argmax_clusters_take_the_first_of_tied_units():
+    assert clustering.argmax_clusters(ARGMAX_CODES.numpy()).tolist() == [0, 0, 1, 0, 2, 1]
+
+
+def test_hand_computed_argmax_ari():
+    # contingency (class x cluster): pairs within both = C(2, 2) = 1 (class 0 in cluster 0);
+    # pairs within a class: 3 x C(2, 2) = 3; within a cluster: C(3, 2) + C(2, 2) + 0 = 4; all pairs C(6, 2) = 15
+    # ARI = (1 − 3·4/15) / ((3 + 4)/2 − 3·4/15) = 0.2 / 2.7 = 2/27
+    m = clustering_metrics(ARGMAX_CODES, ARGMAX_LABELS, seed=0)
+    assert m["ari_argmax"] == pytest.approx(2 / 27)
+    assert m["argmax_clusters"] == 3 and m["argmax_zero_rows"] == 1
+
+
+def test_argmax_ari_is_1_for_one_unit_per_class_and_nan_where_ari_is_undefined():
+    labels = torch.arange(3).repeat_interleave(4)
+    codes = torch.nn.functional.one_hot(labels * 2, 8).float() * torch.rand(12, 1).add(0.5)
+    m = clustering_metrics(codes, labels, seed=0)
+    assert m["ari_argmax"] == pytest.approx(1.0) and m["argmax_clusters"] == 3 and m["argmax_zero_rows"] == 0
+    pair = clustering_metrics(torch.tensor([[0.0, 3.0], [5.0, 1.0]]), torch.tensor([0, 1]), seed=0)  # 0/0
+    zeros = clustering_metrics(torch.zeros(6, 3), ARGMAX_LABELS, seed=0)  # every example at one point
+    for m in (pair, zeros):
+        assert all(math.isnan(m[key]) for key in ("ari_argmax", "argmax_clusters", "argmax_zero_rows")), m
+
+
+def test_calinski_harabasz_grows_with_the_number_of_examples():
+    """The same geometry with every example twice: B and W double, (N − k)/(k − 1) goes from 2 to 6: 200 -> 600."""
+    x, labels = torch.tensor([[0.0], [1.0], [10.0], [11.0]]), torch.tensor([0, 0, 1, 1])
+    assert calinski_harabasz(x, labels) == pytest.approx(200.0)
+    assert calinski_harabasz(x.repeat(2, 1), labels.repeat(2)) == pytest.approx(600.0)

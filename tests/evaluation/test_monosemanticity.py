@@ -95,3 +95,13 @@ def test_a_class_with_a_single_example_is_fine():
     labels = torch.tensor([0, 0, 1])
     assert class_selectivity(acts, labels).item() == pytest.approx(1.0)
     assert uncertainty_coefficient(acts, labels).item() == pytest.approx(1.0)
+
+
+def test_live_unit_counts_say_how_many_units_each_mean_covers():
+    # units: dead (never fires), constant 2.5 (no CSI; fires always: no U), selective, fires on every other example
+    acts = torch.stack([torch.zeros(6), torch.full((6,), 2.5), torch.tensor([3.0, 5, 0, 0, 0, 0]),
+                        torch.tensor([1.0, 0, 1, 0, 1, 0])], dim=1)
+    metrics = monosemanticity_metrics(acts, LABELS)
+    assert metrics["csi_live_units"] == 2 and metrics["u_live_units"] == 2
+    assert metrics["csi_live_units"] == metrics["num_units"] - metrics["dead_units"]
+    assert metrics["csi_mean"] == pytest.approx((1.0 + 0.0) / 2)  # over the 2 live units only

@@ -61,6 +61,12 @@ def wrong_shape(sweep):
     (None, ["SWEEP", "--cycle", "2"], "--cycle 2: no results for cycle 2 in 3 of 3 runs"),
     (None, ["SWEEP", "--cycle", "-1"], "--cycle -1: cycles are numbered from 0"),
     (None, ["SWEEP", "SWEEP/nowhere"], "nowhere does not exist"),
+    (None, ["SWEEP", "--baseline", "class_mean"],
+     "--baseline class_mean: no group matches; the groups (by sharpening.type) are 'per_class', 'random'"),
+    (None, ["SWEEP", "--baseline", "sharpening.type=class_mean"], "--baseline sharpening.type=class_mean: no group"),
+    (None, ["SWEEP", "--baseline", "per_class", "--metrics", "performance/acc"],
+     "--metrics performance/acc: not a metric of these runs; the closest are performance/accuracy"),
+    (None, ["SWEEP", "--out", "SWEEP/figs"], "--out: only with --baseline GROUP"),
 ])
 def test_each_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, sweep, damage, args, match):
     if damage is not None:
@@ -104,3 +110,27 @@ def test_a_reader_that_closes_at_once_ends_it_quietly_with_status_0(tmp_path):
     process.stdout.close()
     _, err = process.communicate(timeout=120)
     assert err.decode() == "" and process.returncode == 0
+
+
+def test_baseline_prints_the_paired_table_and_writes_csv_and_png(monkeypatch, capsys, sweep, tmp_path):
+    make_run(sweep / "3", 1, "random", [0.90, 0.91])
+    code, out, err = run_main(monkeypatch, capsys, sweep, "--baseline", "sharpening.type=per_class",
+                              "--out", tmp_path / "figs")
+    assert code == 0 and err == ""
+    plain, paired = out.split("\n\n")
+    assert plain.startswith("grouped by: sharpening.type")  # the plain table first, the paired one below
+    assert paired.startswith("difference from the baseline group 'per_class', paired by seed, "
+                             "mean difference [95% CI], * = interval excludes 0")
+    accuracy = next(line for line in paired.splitlines() if line.startswith("performance/accuracy"))
+    assert accuracy.endswith("| -0.055 [-0.119, +0.00853]")  # d = -0.06, -0.05: ± 12.706·0.00707/√2 = 0.0635
+    csv_path, png_path = tmp_path / "figs" / "paired_vs_per_class.csv", tmp_path / "figs" / "paired_vs_per_class.png"
+    assert paired.splitlines()[-2:] == [f"wrote {csv_path}", f"wrote {png_path}"]
+    assert csv_path.read_text().startswith("group,metric,n,mean_diff,ci_low,ci_high,excludes_zero,baseline_mean,"
+                                           "group_mean,")
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_files_go_to_the_first_folder_by_default(monkeypatch, capsys, sweep):
+    code, out, _ = run_main(monkeypatch, capsys, sweep, "--baseline", "random")
+    assert code == 0 and f"wrote {sweep / 'paired_vs_random.csv'}" in out and (sweep / "paired_vs_random.png").is_file()
+    assert "note: 'per_class' vs 'random': only 'per_class' has seed 1: unpaired runs" in out

@@ -28,8 +28,9 @@ def test_learns_sparse_synthetic_data(sae_type, accelerator):
     quality = sae_quality(sae, acts)
     assert quality["explained_variance"] > 0.8 and quality["l0"] < sae.d_sae / 2, quality
     assert stats["steps"] == 8 * 32 and stats["explained_variance"] > 0.8
-    norms = sae.W_dec_FD.norm(dim=-1)
-    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    if type(sae).unit_decoder_rows:  # (the paper's SAE has free decoder rows: their norms are whatever training left)
+        norms = sae.W_dec_FD.norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
 
 
 @pytest.mark.parametrize("sae_type", SAE_TYPES.names())

@@ -63,13 +63,6 @@ def test_per_example_25_pct_keeps_one_latent():
     assert torch.equal(targets("per_example", pct=25), expected)
 
 
-def test_random_targets_are_seeded_unit_vectors():
-    a, b, c = targets("random", seed=0), targets("random", seed=0), targets("random", seed=1)
-    assert a.shape == CODES.shape
-    assert torch.allclose(a.norm(dim=-1), torch.ones(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-
-
 def test_targets_are_decoded_with_the_real_sae():
     from sae_ception.sae import build_sae, SAE_TYPES
 
@@ -95,5 +88,17 @@ def test_top_k_pct_outside_0_100_is_rejected(pct):
         SharpeningConfig(top_k_pct=pct)
 
 
-def test_registry_lists_the_three_strategies():
-    assert SHARPENERS.names() == ["per_class", "per_example", "random"]
+def test_registry_lists_the_strategies_and_controls():
+    assert SHARPENERS.names() == [
+        "bias_only", "class_mean", "per_class", "per_example", "random", "random_unit", "shuffled"]
+    assert [name for name in SHARPENERS.names() if not SHARPENERS.get(name).control] == ["per_class", "per_example"]
+
+
+def test_every_strategy_has_one_yaml_naming_it():
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[2] / "configs" / "sharpening"
+    types = {path.stem: yaml.safe_load(path.read_text())["type"] for path in folder.glob("*.yaml")}
+    assert types == {name: name for name in SHARPENERS.names()}

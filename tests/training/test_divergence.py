@@ -53,3 +53,5 @@ def test_lr_setting_names_what_trained_each_model():
     assert lr_setting_of(cfg, 2) == ("model.lr", 1e-3)  # cycle.lr null: auxiliary training uses model.lr
     cfg.cycle.lr = 5e-4
     assert lr_setting_of(cfg, 0) == ("model.lr", 1e-3) and lr_setting_of(cfg, 1) == ("cycle.lr", 5e-4)
+    cfg.cycle.init = "scratch"  # retraining from scratch uses the baseline's schedule, model.lr
+    assert lr_setting_of(cfg, 1) == ("model.lr", 1e-3)

@@ -8,10 +8,15 @@ Calinski-Harabasz is computed here in two vectorised passes (scikit-learn's loop
 
 Every index is NaN (null in the results file) where it is undefined instead of raising, so tiny splits
 (a 2-example test split, a class with one example) still get a results file: see `clustering_metrics`.
+
+`ari_argmax` is the paper's "ARI" (github.com/Alex-Bishka/SAE-ception, `DIGIT-MNIST/cluster_metrics.py`; the same
+in `CIFAR-10/` and `ImageNet1K/features_cluster_metrics.py`): each example's cluster is its largest unit, not a
+k-means cluster. Calinski-Harabasz grows with the number of examples (the factor (N − k)): compare it at equal N.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -83,21 +88,37 @@ def silhouette(x, labels: np.ndarray, sample_size: int | None, seed: int) -> flo
     return float(silhouette_score(x, labels))
 
 
+def argmax_clusters(features_NF: np.ndarray) -> np.ndarray:
+    """[N] cluster of each example as the paper assigns it: the index of its largest unit (numpy's argmax, so
+    the first of tied units: a row of zeros, an example on which no latent fires, goes to unit 0)."""
+    return np.argmax(features_NF, axis=1)
+
+
+def _ari(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Adjusted Rand index, NaN when every example is its own class and its own cluster (0/0)."""
+    if len(np.unique(labels)) == len(labels) and len(np.unique(clusters)) == len(labels):
+        return NAN
+    return adjusted_rand_score(labels, clusters)
+
+
 def clustering_metrics(
     features_NF: torch.Tensor, labels_N: torch.Tensor, seed: int, silhouette_sample: int = 10_000, n_init: int = 3
 ) -> dict[str, float]:
-    """ARI of k-means (k = classes present) against the labels; silhouette with the labels and with the
-    k-means clusters; Davies-Bouldin and Calinski-Harabasz of the labels' partition. NaN where undefined:
-    every index when fewer than two classes are present or every example sits at the same point; the
-    silhouettes, Davies-Bouldin and Calinski-Harabasz when their partition does not have 2..N−1 groups (e.g.
-    a 2-example split of 2 classes); ARI when every example is its own class and its own cluster (0/0)."""
+    """ARI of k-means (k = classes present) and of argmax clusters (`argmax_clusters`) against the labels;
+    silhouette with the labels and with the k-means clusters; Davies-Bouldin and Calinski-Harabasz of the
+    labels' partition; how many argmax clusters there are and how many rows are all zero (put in cluster 0).
+    NaN where undefined: every index when fewer than two classes are present or every example sits at the same
+    point; the silhouettes, Davies-Bouldin and Calinski-Harabasz when their partition does not have 2..N−1
+    groups (e.g. a 2-example split of 2 classes); an ARI when every example is its own class and its own
+    cluster (0/0); the argmax counts wherever `ari_argmax` is (they describe the clusters it scored)."""
     dense = features_NF.detach().float().cpu().numpy()  # float32: half the memory traffic of float64
     y = labels_N.cpu().numpy()
     k = len(np.unique(y))
     n = len(y)
     sample = min(n, silhouette_sample)
-    out = {"ari_kmeans": NAN, "silhouette_labels": NAN, "silhouette_kmeans": NAN,
-           "davies_bouldin": NAN, "calinski_harabasz": NAN, "silhouette_sample_size": sample}
+    out = {"ari_kmeans": NAN, "ari_argmax": NAN, "silhouette_labels": NAN, "silhouette_kmeans": NAN,
+           "davies_bouldin": NAN, "calinski_harabasz": NAN, "silhouette_sample_size": sample,
+           "argmax_clusters": NAN, "argmax_zero_rows": NAN}
     if n == 0 or dense.ndim != 2 or dense.shape[1] == 0:
         return {key: float(value) for key, value in out.items()}
     x = sparse.csr_matrix(dense) if np.count_nonzero(dense) <= SPARSE_DENSITY * dense.size else dense
@@ -107,8 +128,10 @@ def clustering_metrics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # k-means warns when there are fewer distinct points than k
         clusters = KMeans(n_clusters=min(k, distinct), n_init=n_init, random_state=seed).fit_predict(x)
-    if not (k == n and len(np.unique(clusters)) == n):  # all singletons on both sides: ARI is 0/0
-        out["ari_kmeans"] = adjusted_rand_score(y, clusters)
+    by_argmax = argmax_clusters(dense)
+    out["ari_kmeans"], out["ari_argmax"] = _ari(y, clusters), _ari(y, by_argmax)
+    if not math.isnan(out["ari_argmax"]):  # the counts describe the clusters that ARI scored
+        out["argmax_clusters"], out["argmax_zero_rows"] = len(np.unique(by_argmax)), n - np.count_nonzero(dense.any(1))
     sample_size = sample if sample < n else None
     out["silhouette_labels"] = silhouette(x, y, sample_size, seed)
     out["silhouette_kmeans"] = silhouette(x, clusters, sample_size, seed)

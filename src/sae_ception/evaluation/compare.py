@@ -14,6 +14,10 @@ What the table claims, and what it refuses to claim:
   (left out), runs that end at different cycles or stopped before their `cycle.max_cycles`, runs without a
   cycle 0 (no Δ for them), a `--by` key that some runs do not have (their group says `unset`), and runs whose
   SAE is degenerate at some cycle (its `sae/*` metrics are left out, as the run's own table does).
+
+The spread of a group says nothing about whether it differs from another one: `compare.py --baseline GROUP`
+adds each group's difference from a baseline group, paired by seed, with a 95% interval
+(evaluation/compare_paired.py, on this module's `Comparison`; the statistics in evaluation/paired.py).
 """
 
 from __future__ import annotations
@@ -64,13 +68,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _names(folders: Iterable[Any]) -> str:
+def name_list(folders: Iterable[Any]) -> str:
+    """`a, b, c and 2 more`: the first SHOWN of `folders` (or any names), for a one-line message."""
     folders = [str(f) for f in folders]
     more = f" and {len(folders) - SHOWN} more" if len(folders) > SHOWN else ""
     return ", ".join(folders[:SHOWN]) + more
 
 
-def _runs(count: int, verb: str = "") -> str:
+def count_runs(count: int, verb: str = "") -> str:
     """`1 run has`, `3 runs have` (verb: "has"/"stops"/"", given in the singular)."""
     plural = {"has": "have", "stops": "stop", "": ""}[verb]
     return f"{count} run{'' if count == 1 else 's'}" + (f" {verb if count == 1 else plural}" if verb else "")
@@ -134,16 +139,17 @@ def find_runs(folders: Iterable[Path]) -> list[RunResults]:
         hint = ""
         if any((f / "results").is_dir() or f.name == "results" for f in folders):
             hint = "; a results folder without config.yaml beside it is not a run folder"
-        raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json) under {_names(folders)}{hint}")
+        raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json) under {name_list(folders)}{hint}")
     return list(runs.values())
 
 
 def varying_settings(runs: list[RunResults]) -> list[str]:
     keys = sorted(set().union(*(r.settings for r in runs)))
-    return [k for k in keys if not k.startswith(NOT_A_GROUP) and len({_label(r.settings, k) for r in runs}) > 1]
+    return [k for k in keys if not k.startswith(NOT_A_GROUP) and len({setting_label(r.settings, k) for r in runs}) > 1]
 
 
-def _label(settings: dict[str, Any], key: str) -> str:
+def setting_label(settings: dict[str, Any], key: str) -> str:
+    """A setting's value as group labels print it: `str(value)`, `null` for None, `unset` when the run lacks it."""
     if key not in settings:
         return UNSET
     value = settings[key]
@@ -195,7 +201,7 @@ def _check_keys(runs: list[RunResults], group_by: list[str]) -> list[str]:
                    else "only the seed differs between these runs")
             )
         if lacking:
-            notes.append(f"{key} is not a setting of {len(lacking)} of {_runs(len(runs))} ({_names(lacking)}); "
+            notes.append(f"{key} is not a setting of {len(lacking)} of {count_runs(len(runs))} ({name_list(lacking)}); "
                          f"their group says '{UNSET}'")
     return notes
 
@@ -211,14 +217,14 @@ def _compared_cycles(runs: list[RunResults], cycle: Optional[int]) -> tuple[dict
             common = _cycles(set.intersection(*(set(r.by_cycle) for r in runs)))
             have = "; ".join(f"{r.folder} has {_cycles(r.by_cycle)}" for r in lacking[:SHOWN])
             more = f"; and {len(lacking) - SHOWN} more" if len(lacking) > SHOWN else ""
-            raise ConfigError(f"--cycle {cycle}: no results for cycle {cycle} in {len(lacking)} of {_runs(len(runs))} "
+            raise ConfigError(f"--cycle {cycle}: no results for cycle {cycle} in {len(lacking)} of {count_runs(len(runs))} "
                               f"({have}{more}); cycles every run has: {common}")
         return {r.folder: cycle for r in runs}, []
     chosen = {r.folder: max(r.by_cycle) for r in runs}
     notes = []
     short = [r for r in runs if r.expected_last is not None and max(r.by_cycle) < r.expected_last]
     if short:
-        notes.append(f"{_runs(len(short), 'stops')} before cycle.max_cycles (still running, or stopped): "
+        notes.append(f"{count_runs(len(short), 'stops')} before cycle.max_cycles (still running, or stopped): "
                      + "; ".join(f"{r.folder} has cycles {_cycles(r.by_cycle)} of 0-{r.expected_last}"
                                  for r in short[:SHOWN]) + (f"; and {len(short) - SHOWN} more" if len(short) > SHOWN else ""))
     ends = sorted(set(chosen.values()))
@@ -227,7 +233,7 @@ def _compared_cycles(runs: list[RunResults], cycle: Optional[int]) -> tuple[dict
         common = set.intersection(*(set(r.by_cycle) for r in runs))
         advice = f"--cycle {max(common)} compares every run at cycle {max(common)}" if common else \
             "no cycle is common to every run"
-        notes.append("runs end at different cycles (" + ", ".join(f"cycle {e}: {_runs(count[e])}" for e in ends)
+        notes.append("runs end at different cycles (" + ", ".join(f"cycle {e}: {count_runs(count[e])}" for e in ends)
                      + f"); each is compared at its own last cycle; {advice}")
     return chosen, notes
 
@@ -239,26 +245,26 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
     pending = [r for r in runs if not r.by_cycle]
     runs = [r for r in runs if r.by_cycle]
     if not runs:
-        raise ArtifactError(f"no results yet in {_names(r.folder for r in pending)} (results/cycle_N.json is "
+        raise ArtifactError(f"no results yet in {name_list(r.folder for r in pending)} (results/cycle_N.json is "
                             "written when a cycle has been evaluated); wait for the runs, or give finished ones")
     if pending:
-        notes.append(f"left out {_runs(len(pending))} without results yet (still running, or failed before cycle 0 "
-                     f"was evaluated): {_names(r.folder for r in pending)}")
+        notes.append(f"left out {count_runs(len(pending))} without results yet (still running, or failed before cycle 0 "
+                     f"was evaluated): {name_list(r.folder for r in pending)}")
     group_by = list(dict.fromkeys(group_by)) if group_by is not None else varying_settings(runs)
     notes += _check_keys(runs, group_by)
     chosen, cycle_notes = _compared_cycles(runs, cycle)
     notes += cycle_notes
     degenerate = [f"{r.folder} (cycle {', '.join(map(str, r.degenerate))})" for r in runs if r.degenerate]
     if degenerate:
-        notes.append(f"{_runs(len(degenerate), 'has')} a degenerate SAE (no latent fires), whose sae/* metrics are "
-                     f"left out (the code-based ones are null already): {_names(degenerate)}")
+        notes.append(f"{count_runs(len(degenerate), 'has')} a degenerate SAE (no latent fires), whose sae/* metrics are "
+                     f"left out (the code-based ones are null already): {name_list(degenerate)}")
     no_start = [r.folder for r in runs if 0 not in r.by_cycle]
     if no_start:
-        notes.append(f"{_runs(len(no_start), 'has')} no cycle 0 results, so no Δ since cycle 0: {_names(no_start)}")
+        notes.append(f"{count_runs(len(no_start), 'has')} no cycle 0 results, so no Δ since cycle 0: {name_list(no_start)}")
 
     by_label: dict[tuple[str, ...], list[RunResults]] = {}
     for run in runs:
-        by_label.setdefault(tuple(_label(run.settings, k) for k in group_by), []).append(run)
+        by_label.setdefault(tuple(setting_label(run.settings, k) for k in group_by), []).append(run)
     groups: dict[str, list[RunResults]] = {}
     for labels, members in by_label.items():
         name = ", ".join(labels) or "all runs"
@@ -286,10 +292,15 @@ def _finite(value: Optional[float]) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def is_quantile(metric: str) -> bool:
+    """A quantile metric (`monosemanticity_sae/csi_q90`), shown only with --all."""
+    return "_q" in metric.split("/", 1)[-1]
+
+
 def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> str:
     names = list(comparison.groups)
     sizes = {name: len(comparison.groups[name]) for name in names}
-    rows = [r for r in comparison.rows if not (skip_quantiles and "_q" in r.metric.split("/", 1)[-1])]
+    rows = [r for r in comparison.rows if not (skip_quantiles and is_quantile(r.metric))]
     cells = []  # (label, [cell per group])
     for row in rows:
         cells.append((row.metric, [_pm(*row.final[n], sizes[n]) for n in names]))
@@ -304,7 +315,7 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
           else f"cycle {compared[0]} (each run's last)" if len(compared) == 1 else "each run's last cycle")
     lines = [
         f"grouped by: {', '.join(comparison.group_by) or 'nothing (one group)'}; "
-        f"{_runs(sum(sizes.values()))} in {len(names)} group{'' if len(names) == 1 else 's'} (n: runs per group)",
+        f"{count_runs(sum(sizes.values()))} in {len(names)} group{'' if len(names) == 1 else 's'} (n: runs per group)",
         f"values at {at}; a cell: mean ± sample std of the group's runs (their spread, not a confidence interval), "
         "the value alone when n = 1, (n=k) when only k of them define it",
         "Δ since cycle 0: per run, averaged over the runs that have both cycles; "

@@ -4,6 +4,8 @@ Both are computed for every unit at once from per-class sums (no loop over units
 never changes over the data (e.g. a latent that never fires) has no selectivity to measure: it gets
 NaN and is counted as dead instead of pulling the mean towards 0. Nothing here raises on a tiny split:
 with no examples, one example or one class the undefined numbers are NaN (null in the results file).
+The paper's and the SAE-ception-2.0 code's definitions (dead units scored 0, other thresholds and log
+bases) are in `paper_metrics.py`, each under its own name.
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def _binary_entropy(p: Tensor) -> Tensor:
     return -(torch.xlogy(p, p) + torch.xlogy(q, q))
 
 
+def firing_information(fire_counts_CU: Tensor, counts_C: Tensor) -> tuple[Tensor, Tensor]:
+    """I(fires; label) and H(fires) per unit, both in nats, of the empirical joint distribution.
+
+    `fire_counts_CU[c, u]`: examples of class c on which unit u fires; `counts_C[c]`: examples of class c
+    (classes present only, float64). I = H(fires) − H(fires | label), clamped at 0 against rounding: the
+    same number as scikit-learn's `mutual_info_score(fires, labels)`.
+    """
+    n = counts_C.sum()
+    h_fire_U = _binary_entropy(fire_counts_CU.sum(0) / n)
+    h_fire_given_label_U = (counts_C[:, None] / n * _binary_entropy(fire_counts_CU / counts_C[:, None])).sum(0)
+    return (h_fire_U - h_fire_given_label_U).clamp_min(0), h_fire_U
+
+
 def uncertainty_coefficient(acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0) -> Tensor:
     """U per unit: I(firing; label) / H(firing), where a unit fires when its activation > threshold.
 
@@ -57,11 +72,8 @@ def uncertainty_coefficient(acts_NU: Tensor, labels_N: Tensor, threshold: float 
     """
     fires_NU = (acts_NU > threshold).double()
     fire_counts_CU, counts_C = _present_class_sums(fires_NU, labels_N)
-    n = counts_C.sum()
-    h_fire_U = _binary_entropy(fire_counts_CU.sum(0) / n)
-    h_fire_given_label_U = (counts_C[:, None] / n * _binary_entropy(fire_counts_CU / counts_C[:, None])).sum(0)
-    u_U = (h_fire_U - h_fire_given_label_U) / h_fire_U
-    return torch.where(h_fire_U > 0, u_U.clamp(0, 1), torch.nan).float()
+    mi_U, h_fire_U = firing_information(fire_counts_CU, counts_C)
+    return torch.where(h_fire_U > 0, (mi_U / h_fire_U).clamp(0, 1), torch.nan).float()
 
 
 def summarize(per_unit_U: Tensor, prefix: str) -> dict[str, float]:
@@ -84,11 +96,14 @@ def unit_scores(acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0) -> di
 def monosemanticity_metrics(
     acts_NU: Tensor, labels_N: Tensor, threshold: float = 0.0, scores: dict[str, Tensor] | None = None
 ) -> dict[str, float]:
-    """CSI and U summaries for one set of units (a dense layer or an SAE's latents)."""
+    """CSI and U summaries for one set of units (a dense layer or an SAE's latents). `csi_live_units` and
+    `u_live_units` count the units `csi_mean` and `u_mean` average over (NaN with fewer than two examples)."""
     scores = scores if scores is not None else unit_scores(acts_NU, labels_N, threshold)
     csi_U, u_U = scores["csi"], scores["u"]
     out = {**summarize(csi_U, "csi"), **summarize(u_U, "u"), "num_units": acts_NU.shape[1]}
     if len(acts_NU) < 2:  # every unit is trivially "constant" on a single example: the counts say nothing
-        return out | {"dead_units": float("nan"), "never_or_always_firing_units": float("nan")}
+        return out | {"dead_units": float("nan"), "never_or_always_firing_units": float("nan"),
+                      "csi_live_units": float("nan"), "u_live_units": float("nan")}
     constant_U = torch.isnan(csi_U) if len(torch.unique(labels_N)) >= 2 else acts_NU.max(0).values == acts_NU.min(0).values
-    return out | {"dead_units": int(constant_U.sum()), "never_or_always_firing_units": int(torch.isnan(u_U).sum())}
+    return out | {"dead_units": int(constant_U.sum()), "never_or_always_firing_units": int(torch.isnan(u_U).sum()),
+                  "csi_live_units": int((~torch.isnan(csi_U)).sum()), "u_live_units": int((~torch.isnan(u_U)).sum())}

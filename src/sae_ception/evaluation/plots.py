@@ -48,8 +48,14 @@ NATURAL_RANGES: dict[str, tuple[float, float]] = {
     "csi_mean": UNIT, "u_mean": UNIT,
     "ari_kmeans": (-0.5, 1.0), "silhouette_labels": (-1.0, 1.0), "silhouette_kmeans": (-1.0, 1.0),
     "dense_accuracy": UNIT, "sae_accuracy": UNIT,
+    # the paper's and the 2.0 code's variants (METRICS_REFERENCE.md); u_paper divides nats by bits: at most ln 2
+    "csi_paper_mean": UNIT, "u_paper_mean": (0.0, math.log(2)), "u_paper_normalized_mean": UNIT,
+    "u_v2_mean": UNIT, "u_v2_normalized_mean": UNIT, "ari_argmax": (-0.5, 1.0),
 }
-PER_UNIT_COUNTS = ("dead_units", "never_or_always_firing_units")  # in [0, num_units] of their family
+# in [0, num_units] of their family
+PER_UNIT_COUNTS = ("dead_units", "never_or_always_firing_units", "csi_live_units", "u_live_units",
+                   "csi_paper_live_units", "u_paper_live_units", "u_paper_normalized_live_units", "u_v2_live_units",
+                   "u_v2_normalized_live_units")
 
 
 def _save(fig, path: Path) -> Path:

@@ -1,6 +1,8 @@
 """Interpretability metrics of one representation pair: the dense target layer and the SAE's codes.
 
 Each family is computed for both, on held-out data; the linear probes are fitted on the training split.
+`monosemanticity_*` holds the project's CSI and U and, beside them, the paper's and the 2.0 code's variants
+(`paper_metrics.py`); `clustering_*` holds k-means and the paper's argmax ARI.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import torch
 
 from sae_ception.evaluation.clustering import clustering_metrics
 from sae_ception.evaluation.monosemanticity import monosemanticity_metrics, unit_scores
+from sae_ception.evaluation.paper_metrics import paper_monosemanticity_metrics
 from sae_ception.evaluation.probes import linear_probe_accuracy
 
 
@@ -43,7 +46,8 @@ def representation_metrics(
     for name, test_X in test.items():
         scores = unit_scores(test_X, test_labels)
         per_unit |= {f"{name}_csi": scores["csi"], f"{name}_u": scores["u"], f"{name}_pca_2d": pca_2d(test_X, seed)}
-        families[f"monosemanticity_{name}"] = monosemanticity_metrics(test_X, test_labels, scores=scores)
+        families[f"monosemanticity_{name}"] = (monosemanticity_metrics(test_X, test_labels, scores=scores)
+                                               | paper_monosemanticity_metrics(test_X, test_labels))
         families[f"clustering_{name}"] = clustering_metrics(test_X, test_labels, seed=seed)
         families["probe"][f"{name}_accuracy"] = linear_probe_accuracy(train[name], train_labels, test_X, test_labels, seed)
     return families, per_unit

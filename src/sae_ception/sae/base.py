@@ -115,6 +115,8 @@ class SparseAutoencoder(nn.Module):
 
     config_class = SAEConfig
     registry_name = "base"  # set by @SAE_TYPES.register
+    unit_decoder_rows: ClassVar[bool] = True  # decoder rows are kept at unit norm during and after training
+    data_fitted_init: ClassVar[bool] = True  # b_dec starts at the data mean and the encoder scale is fitted to the data
 
     def __init__(self, cfg: SAEConfig, d_in: int):
         super().__init__()

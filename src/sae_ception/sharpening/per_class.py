@@ -1,4 +1,7 @@
-"""Per-class sharpening: keep each example's values on its class's top-k% latents by class-mean activation."""
+"""Per-class sharpening: keep each example's values on its class's top latents by class-mean activation.
+
+How many: `sharpening.top_k` latents when set, else `top_k_pct`% of the SAE width (`SharpeningConfig.num_kept`).
+"""
 
 import torch
 

@@ -1,4 +1,7 @@
-"""Per-example sharpening: keep each example's own top-k% latents."""
+"""Per-example sharpening: keep each example's own top latents.
+
+How many: `sharpening.top_k` latents when set, else `top_k_pct`% of the SAE width (`SharpeningConfig.num_kept`).
+"""
 
 import torch
 

@@ -1,4 +1,16 @@
-"""Stage 4+5: sharpen SAE N's codes of the training examples into targets, retrain model N into model N+1.
+"""Stage 4+5: sharpen SAE N's codes of the training examples into targets, retrain into model N+1.
+
+Each candidate weight lambda in `cycle.aux_loss_weight` (one number, or a list) trains one model with
+task loss + lambda * aux_loss(activation, target), starting from model N (`cycle.init=continue`) or from a fresh
+model with the baseline's seed and schedule (`cycle.init=scratch`, the paper's protocol). Every candidate starts
+from the same weights and sees the same data order, so candidates differ only by lambda. The candidate with the
+best **validation** accuracy becomes model N+1 (`select_by_validation`; ties go to the earlier lambda in the
+list); the test split is evaluated for every candidate and saved beside it, never used to choose.
+
+`results/auxiliary_cycle_N.json` records, per candidate, lambda, validation and test figures, the objective's
+terms before and after training (task loss, auxiliary loss, lambda * aux and its ratio to the task loss) and the
+budget (gradient steps, labelled examples seen); and for the search as a whole, the chosen lambda and the summed
+budget. A killed search resumes from the candidates already finished.
 
 Non-finite targets (an SAE that decodes to NaN or inf) or a retraining that diverges stop the stage with one
 line before anything is saved: model N, SAE N and cycle N's results stay as they were."""
@@ -6,23 +18,75 @@ line before anything is saved: model N, SAE N and cycle N's results stay as they
 from __future__ import annotations
 
 import logging
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from sae_ception.models import save_model
+from sae_ception.errors import ArtifactError
+from sae_ception.models import Classifier, load_model, save_model
 from sae_ception.run import RunContext
 from sae_ception.sharpening import build_sharpener
 from sae_ception.stages.activations import activations_for_cycle
-from sae_ception.stages.artifacts import model_for_cycle, sae_for_cycle
+from sae_ception.stages.artifacts import model_for_cycle, new_model, sae_for_cycle
 from sae_ception.sae.trainer import diverged
 from sae_ception.training.classifier import (AuxiliaryTargets, ClassifierSchedule, evaluate_classifier, lr_setting_of,
-                                             train_classifier)
+                                             objective_terms, train_classifier)
 from sae_ception.utils.batching import num_batches
-from sae_ception.utils.io import checkpoint_exists
+from sae_ception.utils.io import checkpoint_exists, read_json, write_json
 from sae_ception.utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CandidateStart:
+    """Where every candidate of one cycle starts: the same weights (a fresh copy per candidate), schedule and data
+    order, so candidates differ by lambda only."""
+
+    init: str  # cycle.init
+    schedule: ClassifierSchedule
+
+    def begin(self, ctx: RunContext, cycle: int) -> tuple[Classifier, torch.Generator]:
+        """The starting model and the data-order generator. `scratch` repeats the baseline's seeding exactly (seed,
+        then build the model), so lambda = 0 retrains the baseline step for step."""
+        if self.init == "scratch":
+            generator = seed_everything(ctx.seed_for(0, "baseline"))
+            return new_model(ctx), generator
+        model = model_for_cycle(ctx, cycle)
+        return model, seed_everything(ctx.seed_for(cycle, "auxiliary"))
+
+
+def candidate_start(ctx: RunContext) -> CandidateStart:
+    """`scratch`: the baseline's schedule (model.epochs, model.lr, model.keep_best), as the paper's code retrains;
+    `continue`: cycle.epochs, cycle.lr (or model.lr) and cycle.keep_best."""
+    cfg = ctx.cfg
+    if cfg.cycle.init == "scratch":
+        schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.model.epochs, cfg.model.lr, cfg.model.keep_best)
+    else:
+        schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.cycle.epochs, cfg.cycle.lr or cfg.model.lr,
+                                                        cfg.cycle.keep_best)
+    return CandidateStart(cfg.cycle.init, schedule)
+
+
+def select_by_validation(candidates: list[dict]) -> int:
+    """Index of the candidate with the highest validation accuracy (ties: the earlier one). Reads `val` only: a
+    candidate's `test` figures are reported, never used to choose."""
+    best = 0
+    for index, candidate in enumerate(candidates):
+        if candidate["val"]["accuracy"] > candidates[best]["val"]["accuracy"]:
+            best = index
+    return best
+
+
+def training_center(acts_ND: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Mean activation [D] of model N over the training examples (float64 sums in chunks: bounded memory)."""
+    total_D = torch.zeros(acts_ND.shape[1], dtype=torch.float64)
+    for start in range(0, len(acts_ND), chunk):
+        total_D += acts_ND[start:start + chunk].double().sum(0)
+    return (total_D / max(len(acts_ND), 1)).float()
 
 
 def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
@@ -30,30 +94,131 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
     if checkpoint_exists(target):
         log.info("cycle %d: found %s, skipping auxiliary training (resume)", cycle, target)
         return target
-    model, sae = model_for_cycle(ctx, cycle), sae_for_cycle(ctx, cycle)
+    sae = sae_for_cycle(ctx, cycle)
+    model_for_cycle(ctx, cycle)  # model N must exist (and fit) under either init
     train_acts = activations_for_cycle(ctx, cycle)["train"]
     generator = seed_everything(ctx.seed_for(cycle, "sharpen"))
-    targets_ND = build_sharpener(cfg.sharpening).make_targets(sae, train_acts.acts_ND, train_acts.labels_N, generator)
+    sharpener = build_sharpener(cfg.sharpening)
+    targets_ND = sharpener.make_targets(sae, train_acts.acts_ND, train_acts.labels_N, generator)
     if not bool(torch.isfinite(targets_ND).all()):
         raise diverged(cfg.sae, f"SAE training of cycle {cycle}",
                        f"(its sharpened targets for auxiliary training hold NaN or inf; {ctx.layout.sae(cycle)})")
+    center_D = training_center(train_acts.acts_ND)
 
-    generator = seed_everything(ctx.seed_for(cycle, "auxiliary"))
-    schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.cycle.epochs, cfg.cycle.lr or cfg.model.lr, cfg.cycle.keep_best)
-    steps_per_run = schedule.epochs * num_batches(len(train_acts.labels_N), schedule.batch_size)
-    log.info("cycle %d: auxiliary training (%s sharpening, top %.3g%%, weight %g) for %d epochs", cycle,
-             cfg.sharpening.type, cfg.sharpening.top_k_pct, cfg.cycle.aux_loss_weight, schedule.epochs)
-    model, info = train_classifier(
-        model, ctx.splits.train, ctx.splits.val, schedule,
-        accelerator=ctx.accelerator, generator=generator, stage="auxiliary",
-        aux=AuxiliaryTargets(targets_ND, cfg.cycle.aux_loss_weight), trainable=tuple(cfg.cycle.trainable),
-        log_fn=ctx.log_fn("auxiliary", step_offset=cycle * steps_per_run), show_progress=cfg.progress,
-        eval_batch_size=cfg.eval_batch_size, what=f"auxiliary training of cycle {cycle}",
-        lr_setting=lr_setting_of(cfg, cycle + 1)[0],
-    )
-    val = evaluate_classifier(model, ctx.splits.val, ctx.accelerator, cfg.eval_batch_size)
+    start = candidate_start(ctx)
+    weights = cfg.cycle.aux_loss_weights
+    log.info("cycle %d: auxiliary training (%s sharpening, %s loss, init=%s) for %d epochs, lambda %s", cycle,
+             sharpener.describe(), cfg.cycle.aux_loss, cfg.cycle.init, start.schedule.epochs,
+             ", ".join(f"{w:g}" for w in weights))
+    candidates = []
+    for index, weight in enumerate(weights):
+        aux = AuxiliaryTargets(targets_ND, weight, cfg.cycle.aux_loss, center_D)
+        candidates.append(_train_candidate(ctx, cycle, index, aux, start, single=len(weights) == 1))
+    chosen = select_by_validation(candidates)
+    record = _search_record(ctx, cycle, candidates, chosen)
     if ctx.accelerator.is_main_process:
-        save_model(model, target, extra={"stage": "auxiliary", "from_cycle": cycle, "val": val, **info})
+        write_json(ctx.layout.auxiliary_record(cycle), record)
+        if len(weights) > 1:
+            model = new_model(ctx, pretrained_weights=False)
+            load_model(ctx.layout.aux_candidate(cycle, chosen), model, setting=f"candidate {chosen} of cycle {cycle}")
+            save_model(model, target, extra={"stage": "auxiliary", "from_cycle": cycle, **candidates[chosen]})
+            shutil.rmtree(ctx.layout.aux_candidate(cycle, 0).parent, ignore_errors=True)
     ctx.accelerator.wait_for_everyone()
-    log.info("cycle %d: model %d val accuracy %.4f, saved %s", cycle, cycle + 1, val["accuracy"], target)
+    if len(weights) > 1:
+        log.info("cycle %d: chose lambda %g by validation accuracy (%.4f; candidates: %s); model %d saved %s", cycle,
+                 weights[chosen], candidates[chosen]["val"]["accuracy"],
+                 ", ".join(f"{c['weight']:g}: {c['val']['accuracy']:.4f}" for c in candidates), cycle + 1, target)
     return target
+
+
+def _train_candidate(ctx: RunContext, cycle: int, index: int, aux: AuxiliaryTargets, start: CandidateStart,
+                     single: bool) -> dict:
+    """Train one candidate (or read it back when a resumed search already finished it); returns its record."""
+    cfg = ctx.cfg
+    folder = ctx.layout.model(cycle + 1) if single else ctx.layout.aux_candidate(cycle, index)
+    record_path = folder.parent / f"{folder.name}.json"
+    if not single and checkpoint_exists(folder):
+        found = _read_candidate(record_path, aux.weight)
+        if found is not None:
+            log.info("cycle %d: found candidate lambda %g (%s), skipping it (resume)", cycle, aux.weight, folder)
+            return found
+
+    model, generator = start.begin(ctx, cycle)
+    before = objective_terms(model, ctx.splits.train, aux, ctx.accelerator, cfg.eval_batch_size)
+    steps_per_run = start.schedule.epochs * num_batches(len(ctx.splits.train.y), start.schedule.batch_size)
+    model, info = train_classifier(
+        model, ctx.splits.train, ctx.splits.val, start.schedule,
+        accelerator=ctx.accelerator, generator=generator, stage="auxiliary",
+        aux=aux, trainable=tuple(cfg.cycle.trainable),
+        log_fn=ctx.log_fn("auxiliary", step_offset=(cycle * len(cfg.cycle.aux_loss_weights) + index) * steps_per_run),
+        show_progress=cfg.progress, eval_batch_size=cfg.eval_batch_size,
+        what=f"auxiliary training of cycle {cycle}" + ("" if single else f" (lambda {aux.weight:g})"), lr_setting=lr_setting_of(cfg, cycle + 1)[0],
+    )
+    after = objective_terms(model, ctx.splits.train, aux, ctx.accelerator, cfg.eval_batch_size)
+    val = evaluate_classifier(model, ctx.splits.val, ctx.accelerator, cfg.eval_batch_size)
+    test = evaluate_classifier(model, ctx.splits.test, ctx.accelerator, cfg.eval_batch_size)  # reported, never chosen on
+    record = {
+        "weight": aux.weight, "val": val, "test": test,
+        "objective_start": before, "objective_end": after,
+        "kept_epoch": info["kept_epoch"], "gradient_steps": info["steps"], "examples_seen": info["examples_seen"],
+    }
+    log.info("cycle %d: lambda %g: %s loss %.4g -> %.4g, lambda*aux/task %.3g -> %.3g; val acc %.4f, test acc %.4f",
+             cycle, aux.weight, aux.loss, before["aux_loss"], after["aux_loss"], before["aux_to_task_ratio"],
+             after["aux_to_task_ratio"], val["accuracy"], test["accuracy"])
+    if ctx.tracker is not None:
+        ctx.tracker.log_step("auxiliary_objective", {
+            "cycle": cycle, "weight": aux.weight, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+            **{f"start_{k}": v for k, v in before.items()}, **{f"end_{k}": v for k, v in after.items()}},
+            (cycle * len(cfg.cycle.aux_loss_weights) + index + 1) * steps_per_run)
+    if ctx.accelerator.is_main_process:
+        if not single:
+            write_json(record_path, record)  # before the checkpoint, which marks the candidate done
+        save_model(model, folder, extra={"stage": "auxiliary", "from_cycle": cycle, **record})
+    ctx.accelerator.wait_for_everyone()
+    if single:
+        log.info("cycle %d: model %d val accuracy %.4f, saved %s", cycle, cycle + 1, val["accuracy"], folder)
+    return record
+
+
+def _read_candidate(path: Path, weight: float) -> Optional[dict]:
+    """A finished candidate's record, or None (missing, damaged or for another lambda: train it again)."""
+    try:
+        record = read_json(path)
+    except ArtifactError:
+        return None
+    return record if isinstance(record, dict) and record.get("weight") == weight else None
+
+
+def _search_record(ctx: RunContext, cycle: int, candidates: list[dict], chosen: int) -> dict:
+    cfg = ctx.cfg
+    return {
+        "cycle": cycle,
+        "aux_loss": cfg.cycle.aux_loss,
+        "init": cfg.cycle.init,
+        "sharpening": cfg.sharpening.type,
+        "selection": "validation accuracy (ties: earlier lambda); test figures reported, never used to choose",
+        "chosen_index": chosen,
+        "chosen_weight": candidates[chosen]["weight"],
+        "candidates": candidates,
+        "budget": {
+            "candidates": len(candidates),
+            "gradient_steps": sum(c["gradient_steps"] for c in candidates),
+            "examples_seen": sum(c["examples_seen"] for c in candidates),
+        },
+    }
+
+
+def auxiliary_metrics(record: dict) -> dict[str, float]:
+    """The `auxiliary` metric family of cycle N+1's results: the chosen candidate's objective before and after its
+    training, lambda, and the budget of the chosen model and of the whole search."""
+    chosen = record["candidates"][record["chosen_index"]]
+    out = {"weight": chosen["weight"]}
+    for when in ("start", "end"):
+        out |= {f"{key}_{when}": value for key, value in chosen[f"objective_{when}"].items()}
+    return out | {
+        "val_accuracy": chosen["val"]["accuracy"],
+        "gradient_steps": chosen["gradient_steps"], "examples_seen": chosen["examples_seen"],
+        "candidates": record["budget"]["candidates"],
+        "search_gradient_steps": record["budget"]["gradient_steps"],
+        "search_examples_seen": record["budget"]["examples_seen"],
+    }

@@ -33,8 +33,9 @@ from sae_ception.run import RunContext
 from sae_ception.sae.trainer import DIVERGED_EXPLAINED_VARIANCE, fit_on_training_rows
 from sae_ception.stages.activations import activations_for_cycle
 from sae_ception.stages.artifacts import model_for_cycle, sae_for_cycle
+from sae_ception.stages.auxiliary import auxiliary_metrics
 from sae_ception.training.classifier import lr_setting_of
-from sae_ception.utils.io import load_tensors, save_tensors, write_json
+from sae_ception.utils.io import load_tensors, read_json, save_tensors, write_json
 from sae_ception.utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def undefine_code_metrics(families: dict[str, dict[str, float]]) -> dict[str, di
     out = {}
     for family, values in families.items():
         if family.endswith("_sae"):
-            values = {name: value if name in COUNTS else float("nan") for name, value in values.items()}
+            values = {name: value if name in COUNTS or name.endswith("_live_units") else float("nan")
+                      for name, value in values.items()}
         elif family == "probe":
             values = {name: float("nan") if name.startswith("sae") else value for name, value in values.items()}
         out[family] = values
@@ -90,6 +92,21 @@ def _diverged(ctx: RunContext, cycle: int, what: str, culprit: str) -> Divergenc
         (setting, lr), path = lr_setting_of(ctx.cfg, cycle), ctx.layout.model(cycle)
     return DivergenceError(f"{setting}={lr:g}: evaluation of cycle {cycle} stopped: {what}; the {culprit} of cycle "
                            f"{cycle} ({path}) diverged: train it again with a lower {setting}")
+
+
+def auxiliary_family(ctx: RunContext, cycle: int) -> dict[str, dict[str, float]]:
+    """`{"auxiliary": ...}`: how model N was made from cycle N-1 (lambda, the objective's terms before and after,
+    the budget), from `results/auxiliary_cycle_{N-1}.json`; empty for the baseline, an imported model, or a run
+    made before that record existed."""
+    path = ctx.layout.auxiliary_record(cycle - 1)
+    if cycle == 0 or not path.is_file():
+        return {}
+    try:
+        return {"auxiliary": auxiliary_metrics(read_json(path))}
+    except (ArtifactError, KeyError, TypeError, IndexError) as ex:
+        log.warning("cycle %d: %s is damaged (%s); its results leave out the auxiliary family", cycle, path,
+                    str(ex).split("; ")[0])
+        return {}
 
 
 def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[str, Any]:
@@ -145,7 +162,7 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
         warnings.append(f"the SAE of cycle {cycle} is degenerate: none of its {sae.d_sae} latents fires on the "
                         f"{EVAL_SPLIT} split; its code-based metrics are undefined (null)")
         log.warning("cycle %d: %s", cycle, warnings[-1])
-    metrics = {"performance": performance, "sae": quality, **families}
+    metrics = {"performance": performance, "sae": quality, **families, **auxiliary_family(ctx, cycle)}
     results = {
         "cycle": cycle,
         "split": EVAL_SPLIT,

@@ -22,9 +22,10 @@ from sae_ception.errors import ConfigError, DivergenceError
 from transformers import get_scheduler
 
 from sae_ception.models import Classifier
-from sae_ception.training.auxiliary_loss import cosine_alignment_loss
+from sae_ception.training.auxiliary_loss import aux_loss_fn
 from sae_ception.evaluation.performance import accuracy_and_loss
-from sae_ception.utils.batching import example_lengths, num_batches, shuffled_batches, take, to_device
+from sae_ception.utils.batching import (example_lengths, inference_batches, num_batches, shuffled_batches, take,
+                                       to_device)
 from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
 
@@ -60,18 +61,53 @@ DIVERGED_LOSS_FACTOR = 10.0
 
 def lr_setting_of(cfg, model_cycle: int) -> tuple[str, float]:
     """The learning-rate setting (name, value) of the training that makes model N: `model.lr` for the baseline
-    (N = 0), `cycle.lr` for auxiliary retraining (N >= 1), or `model.lr` when `cycle.lr` is null."""
-    if model_cycle > 0 and cfg.cycle.lr:
+    (N = 0), `cycle.lr` for auxiliary retraining (N >= 1), or `model.lr` when `cycle.lr` is null or the retraining
+    starts from scratch (`cycle.init=scratch` uses the baseline's schedule)."""
+    if model_cycle > 0 and cfg.cycle.lr and getattr(cfg.cycle, "init", "continue") != "scratch":
         return "cycle.lr", cfg.cycle.lr
     return "model.lr", cfg.model.lr
 
 
 @dataclass
 class AuxiliaryTargets:
-    """Sharpened target activation for every training example (row i belongs to train example i)."""
+    """Sharpened target activation for every training example (row i belongs to train example i), the weight
+    lambda of the auxiliary term, its objective (`cycle.aux_loss`, see training/auxiliary_loss.py) and the
+    training centre [D] that `cosine_centered` measures from (None: the origin)."""
 
     targets_ND: torch.Tensor
     weight: float
+    loss: str = "cosine"
+    center_D: Optional[torch.Tensor] = None
+
+    def center(self, device) -> torch.Tensor:
+        if self.center_D is None:
+            return torch.zeros(self.targets_ND.shape[1], device=device)
+        return self.center_D.to(device)
+
+
+@torch.no_grad()
+def objective_terms(model: Classifier, train: Split, aux: AuxiliaryTargets, accelerator: Accelerator,
+                    batch_size: int) -> dict[str, float]:
+    """The two terms of the auxiliary training objective for `model` over the whole training split, in eval mode:
+    mean task loss (cross-entropy, nats), mean auxiliary loss, the weighted auxiliary term lambda * aux, and its
+    ratio to the task loss (how much the auxiliary signal weighs against the task; NaN when the task loss is 0).
+    Measured before and after auxiliary training, so a reader sees whether the objective had anything to do."""
+    device = accelerator.device
+    raw_model = accelerator.unwrap_model(model)
+    raw_model.eval()
+    loss_fn, center_D = aux_loss_fn(aux.loss), aux.center(device)
+    task_sum, aux_sum, n = 0.0, 0.0, len(train.y)
+    if n == 0:
+        return {"task_loss": math.nan, "aux_loss": math.nan, "weighted_aux_loss": math.nan, "aux_to_task_ratio": math.nan}
+    for rows, batch in inference_batches(train.x, batch_size):
+        with raw_model.capture_target() as captured, accelerator.autocast():
+            logits = raw_model(to_device(batch, device))
+            task_sum += float(F.cross_entropy(logits.float(), train.y[rows].to(device), reduction="sum"))
+            aux_sum += float(loss_fn(captured.acts.float(), aux.targets_ND[rows].to(device), center_D)) * len(rows)
+    task, aux_mean = task_sum / n, aux_sum / n
+    weighted = aux.weight * aux_mean
+    return {"task_loss": task, "aux_loss": aux_mean, "weighted_aux_loss": weighted,
+            "aux_to_task_ratio": weighted / task if task > 0 else math.nan}
 
 
 def trainable_names(model: Classifier, prefixes: list[str]) -> set[str]:
@@ -112,15 +148,15 @@ def evaluate_classifier(model: Classifier, split: Split, accelerator: Accelerato
     return accuracy_and_loss(logits, split.y)
 
 
-def _forward_losses(model, raw_model: Classifier, x, y, idx, targets_ND, aux: Optional[AuxiliaryTargets], device,
-                    accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    """Task loss (and the auxiliary cosine loss against the examples' sharpened targets) of one micro-batch."""
+def _forward_losses(model, raw_model: Classifier, x, y, idx, targets_ND, center_D, aux: Optional[AuxiliaryTargets],
+                    device, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Task loss (and the auxiliary loss against the examples' sharpened targets) of one micro-batch."""
     with raw_model.capture_target() as captured, accelerator.autocast():
         logits = model(to_device(x, device))
         task_loss = F.cross_entropy(logits.float(), y.to(device))
         if aux is None:
             return {"task_loss": task_loss, "loss": task_loss}
-        aux_loss = cosine_alignment_loss(captured.acts.float(), targets_ND[idx.to(device)])
+        aux_loss = aux_loss_fn(aux.loss)(captured.acts.float(), targets_ND[idx.to(device)], center_D)
         return {"task_loss": task_loss, "aux_loss": aux_loss, "loss": task_loss + aux.weight * aux_loss}
 
 
@@ -158,6 +194,7 @@ def train_classifier(
     raw_model = accelerator.unwrap_model(model)
     device = accelerator.device
     targets_ND = aux.targets_ND.to(device) if aux is not None else None
+    center_D = aux.center(device) if aux is not None else None
     micro_size = schedule.batch_size // schedule.gradient_accumulation_steps
 
     keep_best = schedule.keep_best and len(val.y) > 0  # with no validation data, keep the last epoch
@@ -177,7 +214,7 @@ def train_classifier(
                 syncing = position == len(micro_batches) - 1
                 with (contextlib.nullcontext() if syncing else accelerator.no_sync(model)):
                     micro_losses = _forward_losses(model, raw_model, take(train.x, micro_idx), train.y[micro_idx],
-                                                   micro_idx, targets_ND, aux, device, accelerator)
+                                                   micro_idx, targets_ND, center_D, aux, device, accelerator)
                     accelerator.backward(micro_losses["loss"] * share)
                 losses = {k: losses.get(k, 0.0) + v.detach() * share for k, v in micro_losses.items()}
             if schedule.max_grad_norm is not None:
@@ -223,7 +260,7 @@ def train_classifier(
     )
     log.info("%s: kept epoch %d of %d%s; %s", stage, kept_epoch + 1, schedule.epochs,
              " (best validation accuracy)" if best["state"] is not None else "", trend)
-    return model, {"history": history, "kept_epoch": kept_epoch, "steps": step}
+    return model, {"history": history, "kept_epoch": kept_epoch, "steps": step, "examples_seen": schedule.epochs * n}
 
 
 def _epoch_means(epoch_sums: dict[str, torch.Tensor], steps: int, accelerator: Accelerator) -> dict[str, float]:
