@@ -16,6 +16,7 @@ import torch
 
 from sae_ception.evaluation.clustering import clustering_metrics
 from sae_ception.evaluation.monosemanticity import monosemanticity_metrics, unit_scores
+from sae_ception.evaluation.paper_metrics import paper_monosemanticity_metrics
 from sae_ception.evaluation.probes import linear_probe_accuracy
 from sae_ception.evaluation.representations import pca_2d
 
@@ -51,6 +52,7 @@ def main() -> None:
     for name, x in (("sae", codes), ("dense", dense_acts)):
         scores = timed(f"monosemanticity_{name}", lambda: unit_scores(x, labels))
         monosemanticity_metrics(x, labels, scores=scores)
+        timed(f"paper_variants_{name}", lambda: paper_monosemanticity_metrics(x, labels))  # CSI/U as the paper's code
         timed(f"clustering_{name}", lambda: clustering_metrics(x, labels, seed=0))
         timed(f"probe_{name}", lambda: linear_probe_accuracy(x[:cut], labels[:cut], x[cut:], labels[cut:], seed=0))
         timed(f"pca_{name}", lambda: pca_2d(x))

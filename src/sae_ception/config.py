@@ -48,7 +48,9 @@ def _aux_weights(value: Any) -> Any:
             raise ConfigError(f"{shown}: {weight} is not valid; auxiliary weights must be finite and >= 0")
     if len(set(map(float, values))) != len(values):
         raise ConfigError(f"{shown} repeats a weight; give each weight once")
-    return [float(w) for w in values] if isinstance(value, (list, tuple)) else float(value)
+    if isinstance(value, (list, tuple)) and len(values) > 1:
+        return [float(w) for w in values]
+    return float(values[0])  # `[0.1]` is the same setting as `0.1`: stored one way, so resume and compare agree
 
 
 @dataclass
@@ -86,6 +88,9 @@ class CycleConfig:
                               f"; use one of {', '.join(AUX_LOSSES)}")
         if self.init not in CYCLE_INITS:
             raise ConfigError(f"cycle.init={self.init!r} is not valid; use one of {', '.join(CYCLE_INITS)}")
+        if self.init == "scratch" and list(self.trainable) != ["all"]:
+            raise ConfigError(f"cycle.trainable={list(self.trainable)} with cycle.init=scratch would leave a freshly "
+                              "initialised model partly untrained; use cycle.trainable=[all] or cycle.init=continue")
         if self.epochs < 1:
             raise ConfigError(f"cycle.epochs={self.epochs} must be a positive integer (epochs of each auxiliary "
                               "retraining; cycle.max_cycles=0 runs none)")
@@ -193,6 +198,13 @@ class Config(Settings):
         super().__post_init__()
         self.sae.validate_for(self.model.target_width())
         self.sharpening.validate_for(self.sae.width(self.model.target_width()))
+        if len(self.cycle.aux_loss_weights) > 1 and self.dataset.val_fraction == 0:
+            raise ConfigError(f"cycle.aux_loss_weight={self.cycle.aux_loss_weight} is a list chosen on validation "
+                              "accuracy, but dataset.val_fraction=0; set it > 0 (e.g. 0.1) or give one weight")
+        if self.cycle.init == "scratch" and self.inputs.model:
+            raise ConfigError(f"cycle.init=scratch trains a fresh model from the baseline's seed and schedule, which "
+                              f"inputs.model={self.inputs.model} did not come from; use cycle.init=continue, or drop "
+                              "inputs.model and let the run train its own baseline")
         if self.sae.target_l0 is not None and self.dataset.val_fraction == 0:
             raise ConfigError(f"sae.target_l0={self.sae.target_l0} is calibrated on validation data, but "
                               "dataset.val_fraction=0; set it > 0 (e.g. 0.1)")

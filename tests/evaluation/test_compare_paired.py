@@ -232,6 +232,19 @@ def test_a_baseline_that_names_no_single_group_is_one_line_naming_the_groups(two
     assert "\n" not in message and "e.g. sharpening.top_k_pct=0.1" in message
 
 
+@pytest.mark.parametrize("selector", ["cycle.aux_loss_weight=[0.1,1.0]", "cycle.aux_loss_weight=[0.1, 1.0]",
+                                      "[0.1, 1.0]", "sharpening.type=per_class,cycle.aux_loss_weight=[0.1,1.0]"])
+def test_a_list_valued_setting_is_labelled_and_selected_as_on_the_command_line(tmp_path, selector):
+    for i, weights in enumerate([[0.1, 1.0], [0.1], 0.1]):
+        for seed in (0, 1):
+            run(tmp_path / f"{i}_{seed}", seed, "per_class", {"performance/accuracy": [0.5, 0.6 + 0.01 * i]},
+                extra={"cycle": {"aux_loss_weight": weights}})
+    comparison = compare(find_runs([tmp_path]))
+    assert set(comparison.groups) == {"[0.1, 1.0]", "[0.1]", "0.1"}
+    assert select_baseline(comparison, selector) == "[0.1, 1.0]"
+    assert select_baseline(comparison, "cycle.aux_loss_weight=[0.1]") == "[0.1]"
+
+
 def test_the_only_group_cannot_be_a_baseline(tmp_path):
     run(tmp_path / "a", 0, "per_class", {"performance/accuracy": [0.5, 0.6]})
     comparison = compare(find_runs([tmp_path]))
@@ -240,7 +253,9 @@ def test_the_only_group_cannot_be_a_baseline(tmp_path):
 
 
 def test_slugs_are_file_names():
-    assert slug("0.1, random") == "0.1_random" and slug("a/b c") == "a_b_c" and slug("//") == "baseline"
+    assert slug("0.1, random") == "0.1_random" and slug("0.1") == "0.1"
+    assert slug("a/b c").startswith("a_b_c-") and slug("//").startswith("baseline-")
+    assert slug("[0.1]") != slug("0.1") and slug("[0.1]").startswith("0.1-")  # a list never shares a file name
 
 
 # --- the CSV and the PNG

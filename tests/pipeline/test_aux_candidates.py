@@ -178,6 +178,36 @@ def test_killed_search_resumes_from_finished_candidates(tmp_path, monkeypatch, c
     (["cycle.aux_loss_weight=[0.1,abc]"], "'abc' is not a number"),
     (["cycle.aux_loss=cosine_centred"], "cycle.aux_loss='cosine_centred' is not valid"),
     (["cycle.init=fresh"], "cycle.init='fresh' is not valid"),
+    (["cycle.aux_loss_weight=[0,0.1]", "dataset.val_fraction=0"], "dataset.val_fraction=0"),
+    (["cycle.init=scratch", "cycle.trainable=[head]"], "cycle.trainable=['head'] with cycle.init=scratch"),
+    (["cycle.init=scratch", "inputs.model=/some/model"], "cycle.init=scratch trains a fresh model"),
 ])
 def test_bad_auxiliary_settings_are_one_line(tmp_path, caplog, overrides, match):
     expect_one_line_error(caplog, tmp_path / "run", overrides, match)
+
+
+def test_one_weight_in_a_list_is_the_same_setting_as_the_weight():
+    from sae_ception.config import CycleConfig
+
+    assert CycleConfig(aux_loss_weight=[0.1]).aux_loss_weight == CycleConfig(aux_loss_weight=0.1).aux_loss_weight == 0.1
+    assert CycleConfig(aux_loss_weight=[0, 1]).aux_loss_weight == [0.0, 1.0]
+
+
+def test_a_single_lambda_writes_its_record_before_the_model_that_marks_the_stage_done(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    real_save = auxiliary_stage.save_model
+    seen = []
+
+    def save(model, folder, extra=None):
+        seen.append((folder.name, (run_dir / "results" / "auxiliary_cycle_0.json").is_file()))
+        return real_save(model, folder, extra=extra)
+
+    monkeypatch.setattr(auxiliary_stage, "save_model", save)
+    run_in_process(run_cycles, run_dir, ONE_CYCLE)
+    assert seen == [("model_cycle_1", True)]
+
+
+def test_an_unused_top_k_is_said(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sae_ception")
+    run_in_process(run_cycles, tmp_path / "run", [*ONE_CYCLE, "sharpening=class_mean", "sharpening.top_k=5"])
+    assert any("sharpening.top_k=5 is not used by sharpening.type=class_mean" in r.getMessage() for r in caplog.records)

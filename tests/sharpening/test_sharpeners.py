@@ -90,7 +90,7 @@ def test_top_k_pct_outside_0_100_is_rejected(pct):
 
 def test_registry_lists_the_strategies_and_controls():
     assert SHARPENERS.names() == [
-        "bias_only", "class_mean", "per_class", "per_example", "random", "random_unit", "shuffled"]
+        "bias_only", "class_mean", "paper_shuffled", "per_class", "per_example", "random", "random_unit", "shuffled"]
     assert [name for name in SHARPENERS.names() if not SHARPENERS.get(name).control] == ["per_class", "per_example"]
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional
 
 from sae_ception.config_file import read_run_config
 from sae_ception.errors import ArtifactError, ConfigError
-from sae_ception.evaluation.report import flatten_metrics, verdict
+from sae_ception.evaluation.report import GROWS_WITH_N_NOTE, flatten_metrics, grows_with_n, verdict
 from sae_ception.evaluation.results_file import read_results, results_remedy
 
 # Settings that never define a group: where and how a run was logged, drawn or scheduled (none of them changes a
@@ -149,10 +149,13 @@ def varying_settings(runs: list[RunResults]) -> list[str]:
 
 
 def setting_label(settings: dict[str, Any], key: str) -> str:
-    """A setting's value as group labels print it: `str(value)`, `null` for None, `unset` when the run lacks it."""
+    """A setting's value as group labels print it: `str(value)`, `null` for None, a list as on the command line
+    (`[0.1, 1.0]`), `unset` when the run lacks it."""
     if key not in settings:
         return UNSET
     value = settings[key]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join("null" if v is None else str(v) for v in value) + "]"
     return "null" if value is None else str(value)
 
 
@@ -303,7 +306,8 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
     rows = [r for r in comparison.rows if not (skip_quantiles and is_quantile(r.metric))]
     cells = []  # (label, [cell per group])
     for row in rows:
-        cells.append((row.metric, [_pm(*row.final[n], sizes[n]) for n in names]))
+        label = row.metric + (GROWS_WITH_N_NOTE if grows_with_n(row.metric) else "")  # compare CH at equal N only
+        cells.append((label, [_pm(*row.final[n], sizes[n]) for n in names]))
         cells.append(("  Δ since cycle 0", [_pm(*row.change[n], sizes[n]) + _mark(row.metric, row.start[n], row.end[n])
                                             for n in names]))
     headers = [f"{n} (n={sizes[n]})" for n in names]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import math
 import re
@@ -103,7 +104,8 @@ def select_baseline(comparison: Comparison, selector: str) -> str:
     if selector in groups:
         chosen = [selector]
     else:
-        parts = [part.partition("=") for part in selector.split(",")] if "=" in selector else []
+        # commas inside [...] belong to a list value (`cycle.aux_loss_weight=[0.1,1.0]`), not between selectors
+        parts = [part.partition("=") for part in re.split(r",(?![^\[]*\])", selector)] if "=" in selector else []
         if parts and all(key.strip() and sep for key, sep, _ in parts):
             chosen = [name for name, runs in groups.items()
                       if all(_matches(runs, key.strip(), value.strip()) for key, _, value in parts)]
@@ -124,8 +126,12 @@ def select_baseline(comparison: Comparison, selector: str) -> str:
 
 
 def slug(label: str) -> str:
-    """A file-name-safe form of a group label: `random, 0.1` -> `random_0.1`."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_.") or "baseline"
+    """A file-name-safe form of a group label: `random, 0.1` -> `random_0.1`. A label with other characters than
+    letters, digits, `.+-`, `_` and `, ` (a list such as `[0.1]`) also gets a short hash of itself, so two labels
+    never share a file name (`[0.1]` and `0.1`)."""
+    safe = re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_.") or "baseline"
+    plain = re.fullmatch(r"[A-Za-z0-9.+\-_]+(, [A-Za-z0-9.+\-_]+)*", label) is not None
+    return safe if plain else f"{safe}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
 
 
 # --- pairing by seed

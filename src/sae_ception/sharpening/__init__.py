@@ -4,6 +4,7 @@ from sae_ception.sharpening import (  # noqa: F401  (register)
     bias_only,
     class_mean,
     per_class,
+    paper_shuffled,
     per_example,
     random_target,
     random_unit,

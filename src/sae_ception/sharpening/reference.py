@@ -38,9 +38,13 @@ class ReferencedSharpener(Sharpener):
     def describe(self) -> str:
         return f"{self.cfg.type} of {self.cfg.reference}, {self.cfg.kept_description()}"
 
+    def reference_sharpener(self) -> Sharpener:
+        """The reference sharpener, built with this config's top_k / top_k_pct."""
+        reference_class = SHARPENERS.get(self.cfg.reference)
+        cfg = reference_class.config_class(type=self.cfg.reference, top_k_pct=self.cfg.top_k_pct, top_k=self.cfg.top_k)
+        return reference_class(cfg)
+
     def reference_targets(self, sae, acts_ND: torch.Tensor, labels_N: torch.Tensor, generator: torch.Generator,
                           batch_size: int = 4096) -> torch.Tensor:
         """The reference sharpener's targets [N, D] (raw space), with this config's top_k / top_k_pct."""
-        reference_class = SHARPENERS.get(self.cfg.reference)
-        cfg = reference_class.config_class(type=self.cfg.reference, top_k_pct=self.cfg.top_k_pct, top_k=self.cfg.top_k)
-        return reference_class(cfg).make_targets(sae, acts_ND, labels_N, generator, batch_size)
+        return self.reference_sharpener().make_targets(sae, acts_ND, labels_N, generator, batch_size)

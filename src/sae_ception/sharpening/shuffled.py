@@ -1,9 +1,9 @@
-"""The shuffled-target control: every example gets ANOTHER example's real target.
+"""The shuffled-target control: every example gets ANOTHER example's whole real target.
 
-This is what the reference paper's code actually trained with: its shuffled data loader paired the
-examples with sharpened codes kept in the original order. Here the pairing is a seeded random derangement,
-fixed for the whole auxiliary retraining of a cycle (the paper's loader re-paired every epoch, and could pair
-an example with its own target by chance; neither is reproduced).
+The reference sharpener's targets (code and mask of the same example) are permuted across examples by a seeded
+random derangement, fixed for the whole auxiliary retraining of a cycle. This is close to, but not exactly, what
+the paper's code trained with: there, another example's code was masked with THIS example's class features
+(`sharpening=paper_shuffled` reproduces that pairing).
 
 Choice of derangement: a uniformly random cyclic order of the N examples, in which each example takes the
 target of the next one. It has no fixed point by construction (no rejection loop), and each example's source

@@ -61,10 +61,14 @@ class CandidateStart:
 
 def candidate_start(ctx: RunContext) -> CandidateStart:
     """`scratch`: the baseline's schedule (model.epochs, model.lr, model.keep_best), as the paper's code retrains;
-    `continue`: cycle.epochs, cycle.lr (or model.lr) and cycle.keep_best."""
+    `continue`: cycle.epochs, cycle.lr (or model.lr) and cycle.keep_best. (The config refuses `scratch` with an
+    imported `inputs.model`, whose seed and schedule are not this run's.)"""
     cfg = ctx.cfg
     if cfg.cycle.init == "scratch":
         schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.model.epochs, cfg.model.lr, cfg.model.keep_best)
+        log.info("cycle.init=scratch: every candidate is a fresh model from the baseline's seed, trained with the "
+                 "baseline's schedule (model.epochs=%d, model.lr=%g, model.keep_best=%s); cycle.epochs, cycle.lr and "
+                 "cycle.keep_best apply to cycle.init=continue only", cfg.model.epochs, cfg.model.lr, cfg.model.keep_best)
     else:
         schedule = ClassifierSchedule.from_model_config(cfg.model, cfg.cycle.epochs, cfg.cycle.lr or cfg.model.lr,
                                                         cfg.cycle.keep_best)
@@ -99,6 +103,12 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
     train_acts = activations_for_cycle(ctx, cycle)["train"]
     generator = seed_everything(ctx.seed_for(cycle, "sharpen"))
     sharpener = build_sharpener(cfg.sharpening)
+    if not sharpener.uses_top_k and cfg.sharpening.top_k is not None:
+        log.warning("cycle %d: sharpening.top_k=%d is not used by sharpening.type=%s (it keeps no latents)", cycle,
+                    cfg.sharpening.top_k, cfg.sharpening.type)
+    if len(cfg.cycle.aux_loss_weights) > 1 and len(ctx.splits.val.y) == 0:
+        raise ArtifactError(f"cycle.aux_loss_weight={cfg.cycle.aux_loss_weight} is chosen on validation accuracy, but "
+                            "the validation split is empty; give the dataset validation examples or one weight")
     targets_ND = sharpener.make_targets(sae, train_acts.acts_ND, train_acts.labels_N, generator)
     if not bool(torch.isfinite(targets_ND).all()):
         raise diverged(cfg.sae, f"SAE training of cycle {cycle}",
@@ -110,20 +120,26 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
     log.info("cycle %d: auxiliary training (%s sharpening, %s loss, init=%s) for %d epochs, lambda %s", cycle,
              sharpener.describe(), cfg.cycle.aux_loss, cfg.cycle.init, start.schedule.epochs,
              ", ".join(f"{w:g}" for w in weights))
-    candidates = []
+    candidates, best_model = [], None  # only the best candidate so far stays in memory (models may be large)
     for index, weight in enumerate(weights):
         aux = AuxiliaryTargets(targets_ND, weight, cfg.cycle.aux_loss, center_D)
-        candidates.append(_train_candidate(ctx, cycle, index, aux, start, single=len(weights) == 1))
+        record, model = _train_candidate(ctx, cycle, index, aux, start, keep=len(weights) > 1)
+        candidates.append(record)
+        if select_by_validation(candidates) == index:
+            best_model = model
     chosen = select_by_validation(candidates)
-    record = _search_record(ctx, cycle, candidates, chosen)
     if ctx.accelerator.is_main_process:
-        write_json(ctx.layout.auxiliary_record(cycle), record)
-        if len(weights) > 1:
+        # the search record first: model N+1's checkpoint marks the stage done, so it is written last
+        write_json(ctx.layout.auxiliary_record(cycle), _search_record(ctx, cycle, candidates, chosen))
+        model = best_model
+        if model is None:  # a candidate finished before a resume: read back from its folder
             model = new_model(ctx, pretrained_weights=False)
             load_model(ctx.layout.aux_candidate(cycle, chosen), model, setting=f"candidate {chosen} of cycle {cycle}")
-            save_model(model, target, extra={"stage": "auxiliary", "from_cycle": cycle, **candidates[chosen]})
-            shutil.rmtree(ctx.layout.aux_candidate(cycle, 0).parent, ignore_errors=True)
+        save_model(model, target, extra={"stage": "auxiliary", "from_cycle": cycle, **candidates[chosen]})
+        shutil.rmtree(ctx.layout.aux_candidate(cycle, 0).parent, ignore_errors=True)
     ctx.accelerator.wait_for_everyone()
+    log.info("cycle %d: model %d val accuracy %.4f, saved %s", cycle, cycle + 1, candidates[chosen]["val"]["accuracy"],
+             target)
     if len(weights) > 1:
         log.info("cycle %d: chose lambda %g by validation accuracy (%.4f; candidates: %s); model %d saved %s", cycle,
                  weights[chosen], candidates[chosen]["val"]["accuracy"],
@@ -132,16 +148,18 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
 
 
 def _train_candidate(ctx: RunContext, cycle: int, index: int, aux: AuxiliaryTargets, start: CandidateStart,
-                     single: bool) -> dict:
-    """Train one candidate (or read it back when a resumed search already finished it); returns its record."""
+                     keep: bool) -> tuple[dict, Optional[Classifier]]:
+    """Train one candidate; returns its record and, when `keep`, after saving it as a candidate (a search of several
+    lambdas resumes from those), its model. A candidate a resumed search already finished is read back: (record,
+    None), its weights stay in its folder."""
     cfg = ctx.cfg
-    folder = ctx.layout.model(cycle + 1) if single else ctx.layout.aux_candidate(cycle, index)
+    folder = ctx.layout.aux_candidate(cycle, index)
     record_path = folder.parent / f"{folder.name}.json"
-    if not single and checkpoint_exists(folder):
+    if keep and checkpoint_exists(folder):
         found = _read_candidate(record_path, aux.weight)
         if found is not None:
             log.info("cycle %d: found candidate lambda %g (%s), skipping it (resume)", cycle, aux.weight, folder)
-            return found
+            return found, None
 
     model, generator = start.begin(ctx, cycle)
     before = objective_terms(model, ctx.splits.train, aux, ctx.accelerator, cfg.eval_batch_size)
@@ -152,7 +170,7 @@ def _train_candidate(ctx: RunContext, cycle: int, index: int, aux: AuxiliaryTarg
         aux=aux, trainable=tuple(cfg.cycle.trainable),
         log_fn=ctx.log_fn("auxiliary", step_offset=(cycle * len(cfg.cycle.aux_loss_weights) + index) * steps_per_run),
         show_progress=cfg.progress, eval_batch_size=cfg.eval_batch_size,
-        what=f"auxiliary training of cycle {cycle}" + ("" if single else f" (lambda {aux.weight:g})"), lr_setting=lr_setting_of(cfg, cycle + 1)[0],
+        what=f"auxiliary training of cycle {cycle}" + (f" (lambda {aux.weight:g})" if keep else ""), lr_setting=lr_setting_of(cfg, cycle + 1)[0],
     )
     after = objective_terms(model, ctx.splits.train, aux, ctx.accelerator, cfg.eval_batch_size)
     val = evaluate_classifier(model, ctx.splits.val, ctx.accelerator, cfg.eval_batch_size)
@@ -170,14 +188,11 @@ def _train_candidate(ctx: RunContext, cycle: int, index: int, aux: AuxiliaryTarg
             "cycle": cycle, "weight": aux.weight, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
             **{f"start_{k}": v for k, v in before.items()}, **{f"end_{k}": v for k, v in after.items()}},
             (cycle * len(cfg.cycle.aux_loss_weights) + index + 1) * steps_per_run)
-    if ctx.accelerator.is_main_process:
-        if not single:
-            write_json(record_path, record)  # before the checkpoint, which marks the candidate done
+    if keep and ctx.accelerator.is_main_process:
+        write_json(record_path, record)  # before the checkpoint, which marks the candidate done
         save_model(model, folder, extra={"stage": "auxiliary", "from_cycle": cycle, **record})
     ctx.accelerator.wait_for_everyone()
-    if single:
-        log.info("cycle %d: model %d val accuracy %.4f, saved %s", cycle, cycle + 1, val["accuracy"], folder)
-    return record
+    return record, model
 
 
 def _read_candidate(path: Path, weight: float) -> Optional[dict]:
