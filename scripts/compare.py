@@ -5,6 +5,7 @@
     python scripts/compare.py multirun/2026-11-21/20-00-00 --by sharpening.type cycle.aux_loss_weight
     python scripts/compare.py outputs/run_a outputs/run_b --cycle 2 --all
     python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline sharpening.type=per_class
+    python scripts/compare.py multirun/a multirun/b --where cycle.aux_loss=mse --baseline sharpening.type=class_mean
     python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline "random, 0.1" --metrics sae/mse --out figs
 
 Groups are the settings that differ between the runs (the seed never groups; it is what is averaged).
@@ -19,7 +20,9 @@ Seeds only one side has, or repeated within a group, are left out and said in `n
 go to OUT/paired_vs_<baseline>.csv (one row per group × metric) and a PNG of the differences with their error
 bars (one panel per --metrics key; default: accuracy, the SAE's CSI / U / ARI means and the probe accuracies).
 
-A damaged file, a --by key no run has, a --cycle some runs lack or a --baseline that names no single group is
+--where KEY=VALUE ... keeps only the runs with those settings (e.g. one objective and weight of a larger sweep).
+
+A damaged file, a --by key no run has, a --where that matches no run, a --cycle some runs lack or a --baseline that names no single group is
 one line and exit status 2; what is unusual but comparable (runs still running, runs ending at different
 cycles, unpaired seeds) is a `note:`.
 """
@@ -30,7 +33,7 @@ import sys
 from pathlib import Path
 
 from sae_ception.errors import ConfigError, SAECeptionError
-from sae_ception.evaluation.compare import compare, find_runs, format_comparison
+from sae_ception.evaluation.compare import compare, find_runs, format_comparison, where
 from sae_ception.evaluation.compare_paired import (figure_metrics, format_paired, paired_comparison,
                                                    select_baseline, write_paired)
 
@@ -57,6 +60,8 @@ def main() -> None:
                         help="settings to group by, e.g. sharpening.type (default: those that differ)")
     parser.add_argument("--cycle", type=int, default=None, help="cycle to compare (default: each run's last)")
     parser.add_argument("--all", action="store_true", help="also show the quantile metrics")
+    parser.add_argument("--where", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="compare only the runs with these settings, e.g. cycle.aux_loss=mse cycle.aux_loss_weight=1.0")
     parser.add_argument("--baseline", default=None, metavar="GROUP",
                         help="also show each group's difference from this group, paired by seed, with its 95%% CI: "
                              "a group label as the table prints it (e.g. 'random, 0.1') or key=value[,key=value]")
@@ -74,7 +79,8 @@ def main() -> None:
             if value is not None and args.baseline is None:
                 raise ConfigError(f"{flag}: only with --baseline GROUP (it chooses the paired PNG's panels / folder); "
                                   "add --baseline, or leave it out")
-        comparison = compare(find_runs(args.folders), args.by, args.cycle)
+        runs = find_runs(args.folders)
+        comparison = compare(where(runs, args.where or []), args.by, args.cycle)
         text = format_comparison(comparison, skip_quantiles=not args.all)
         if args.baseline is not None:
             text += "\n\n" + _paired(comparison, args)

@@ -307,3 +307,37 @@ def test_figure_metrics_default_to_the_headline_ones_the_runs_have(sweep):
     with pytest.raises(ConfigError, match=r"^--metrics performance/los: not a metric of these runs; the closest are "
                                           r"performance/loss"):
         figure_metrics(paired, ["performance/los"])
+
+
+# --- --where: compare a slice of a larger sweep
+
+
+def test_where_keeps_the_runs_with_those_settings(two_keys_folder):
+    from sae_ception.evaluation.compare import where
+
+    runs = find_runs([two_keys_folder])
+    kept = where(runs, ["sharpening.type=random", "sharpening.top_k_pct=0.20"])  # 0.20 read as YAML: 0.2
+    assert len(kept) == 2 and {r.settings["sharpening.top_k_pct"] for r in kept} == {0.2}
+    assert where(runs, []) == runs
+
+
+@pytest.mark.parametrize("conditions, message", [
+    (["sharpening.type"], "--where sharpening.type: give key=value"),
+    (["sharpening.typ=random"], "--where sharpening.typ=random: sharpening.typ is not a setting of any run; the closest are sharpening.type"),
+    (["sharpening.type=class_mean"], "--where sharpening.type=class_mean: no run matches"),
+])
+def test_where_that_cannot_be_met_is_one_line(two_keys_folder, conditions, message):
+    from sae_ception.evaluation.compare import where
+
+    with pytest.raises(ConfigError) as caught:
+        where(find_runs([two_keys_folder]), conditions)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+@pytest.fixture
+def two_keys_folder(tmp_path):
+    for i, (kind, pct) in enumerate([("random", 0.1), ("random", 0.2), ("per_class", 0.1)]):
+        for seed in (0, 1):
+            run(tmp_path / f"{i}_{seed}", seed, kind, {"performance/accuracy": [0.5, 0.6 + 0.01 * i]},
+                extra={"sharpening": {"type": kind, "top_k_pct": pct}})
+    return tmp_path

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import yaml
+
 from sae_ception.config_file import read_run_config
 from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.evaluation.report import GROWS_WITH_N_NOTE, flatten_metrics, grows_with_n, verdict
@@ -141,6 +143,33 @@ def find_runs(folders: Iterable[Path]) -> list[RunResults]:
             hint = "; a results folder without config.yaml beside it is not a run folder"
         raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json) under {name_list(folders)}{hint}")
     return list(runs.values())
+
+
+def where(runs: list[RunResults], conditions: list[str]) -> list[RunResults]:
+    """The runs whose settings match every `key=value` (the value as a group label prints it, or as YAML reads it:
+    `0.10` is 0.1, `[0.1,1.0]` a list). A condition that is not key=value, a key no run has, or conditions that
+    leave no run are one ConfigError line naming what the runs have."""
+    known = sorted(set().union(*(r.settings for r in runs)))
+    kept = runs
+    for condition in conditions:
+        key, sep, value = condition.partition("=")
+        key, value = key.strip(), value.strip()
+        if not (sep and key):
+            raise ConfigError(f"--where {condition}: give key=value, e.g. sharpening.type=per_class")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            raise ConfigError(f"--where {condition}: {key} is not a setting of any run"
+                              + (f"; the closest are {', '.join(close)}" if close else ""))
+        wanted = {value}
+        try:
+            wanted.add(setting_label({key: yaml.safe_load(value)}, key))
+        except yaml.YAMLError:
+            pass
+        kept = [r for r in kept if setting_label(r.settings, key) in wanted]
+    if conditions and not kept:
+        raise ConfigError(f"--where {' '.join(conditions)}: no run matches; the settings that differ between these "
+                          f"runs are {', '.join(varying_settings(runs)) or 'none (only the seed)'}")
+    return kept
 
 
 def varying_settings(runs: list[RunResults]) -> list[str]:
