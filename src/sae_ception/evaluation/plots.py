@@ -35,6 +35,15 @@ from sae_ception.evaluation.report import ABSOLUTE, better_direction, flatten_me
 from sae_ception.utils.io import atomic_path  # noqa: E402
 
 COUNT_METRICS = ("num_units", "silhouette_sample_size")
+# Not drawn as family panels: counts that only qualify another metric (live units beside each mean, argmax cluster
+# counts) and the auxiliary family's budget and weighted terms (in results and the tables; constant or derived).
+NOT_PLOTTED = ("argmax_clusters", "argmax_zero_rows", "gradient_steps", "examples_seen", "candidates",
+               "search_gradient_steps", "search_examples_seen", "weighted_aux_loss_start", "weighted_aux_loss_end")
+
+
+def plotted(name: str) -> bool:
+    """Whether a metric (name after `family/`) gets a panel in its family's figure."""
+    return not ("_q" in name or name in COUNT_METRICS or name in NOT_PLOTTED or name.endswith("_live_units"))
 MIN_SPAN_FRACTION = 0.1  # a y-axis spans at least this fraction of its metric's scale
 PAD = 0.05  # space above and below the values (and past a natural bound), as a fraction of the span
 
@@ -143,7 +152,7 @@ def family_figures(results: list[dict]) -> dict[str, Figure]:
     families = list(dict.fromkeys(k.split("/", 1)[0] for k in keys_all))
     figures = {}
     for family in families:
-        keys = [k for k in keys_all if k.startswith(family + "/") and "_q" not in k and k.split("/")[1] not in COUNT_METRICS]
+        keys = [k for k in keys_all if k.startswith(family + "/") and plotted(k.split("/")[1])]
         if not keys:
             continue
         columns = min(3, len(keys))
