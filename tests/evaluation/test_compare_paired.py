@@ -201,12 +201,18 @@ def test_a_group_with_no_pair_and_a_single_pair(tmp_path):
 
 
 @pytest.fixture
-def two_keys(tmp_path):
+def two_keys_folder(tmp_path):
+    """Groups by two keys: (random, 0.1), (random, 0.2), (per_class, 0.1), seeds 0 and 1."""
     for i, (kind, pct) in enumerate([("random", 0.1), ("random", 0.2), ("per_class", 0.1)]):
         for seed in (0, 1):
             run(tmp_path / f"{i}_{seed}", seed, kind, {"performance/accuracy": [0.5, 0.6 + 0.01 * i]},
                 extra={"sharpening": {"type": kind, "top_k_pct": pct}})
-    return compare(find_runs([tmp_path]))
+    return tmp_path
+
+
+@pytest.fixture
+def two_keys(two_keys_folder):
+    return compare(find_runs([two_keys_folder]))
 
 
 @pytest.mark.parametrize("selector, label", [
@@ -332,12 +338,3 @@ def test_where_that_cannot_be_met_is_one_line(two_keys_folder, conditions, messa
     with pytest.raises(ConfigError) as caught:
         where(find_runs([two_keys_folder]), conditions)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
-
-
-@pytest.fixture
-def two_keys_folder(tmp_path):
-    for i, (kind, pct) in enumerate([("random", 0.1), ("random", 0.2), ("per_class", 0.1)]):
-        for seed in (0, 1):
-            run(tmp_path / f"{i}_{seed}", seed, kind, {"performance/accuracy": [0.5, 0.6 + 0.01 * i]},
-                extra={"sharpening": {"type": kind, "top_k_pct": pct}})
-    return tmp_path

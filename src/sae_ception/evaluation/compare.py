@@ -339,10 +339,6 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
         cells.append((label, [_pm(*row.final[n], sizes[n]) for n in names]))
         cells.append(("  Δ since cycle 0", [_pm(*row.change[n], sizes[n]) + _mark(row.metric, row.start[n], row.end[n])
                                             for n in names]))
-    headers = [f"{n} (n={sizes[n]})" for n in names]
-    width = max([len(h) for h in headers] + [len(c) for _, group in cells for c in group])
-    label_width = max([len(label) for label, _ in cells] + [len("metric")])
-    header = f"{'metric':<{label_width}}" + "".join(f" | {h:>{width}}" for h in headers)
     compared = sorted(set(comparison.cycles.values()))
     at = (f"cycle {comparison.cycle}" if comparison.cycle is not None
           else f"cycle {compared[0]} (each run's last)" if len(compared) == 1 else "each run's last cycle")
@@ -354,11 +350,18 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
         "Δ since cycle 0: per run, averaged over the runs that have both cycles; "
         "ok/bad: whether the mean moved the better way",
         *(f"note: {note}" for note in comparison.notes),
-        header,
-        "-" * len(header),
     ]
-    lines += [f"{label:<{label_width}}" + "".join(f" | {c:>{width}}" for c in group) for label, group in cells]
-    return "\n".join(lines)
+    return "\n".join(lines + table_lines([f"{n} (n={sizes[n]})" for n in names], cells))
+
+
+def table_lines(headers: list[str], cells: list[tuple[str, list[str]]]) -> list[str]:
+    """A text table: a `metric` column of row labels, then one right-aligned column per header, a rule under the
+    header line. `cells`: (label, one cell per header) per row."""
+    width = max([len(h) for h in headers] + [len(c) for _, group in cells for c in group])
+    label_width = max([len(label) for label, _ in cells] + [len("metric")])
+    header = f"{'metric':<{label_width}}" + "".join(f" | {h:>{width}}" for h in headers)
+    rows = [f"{label:<{label_width}}" + "".join(f" | {c:>{width}}" for c in group) for label, group in cells]
+    return [header, "-" * len(header), *rows]
 
 
 def _pm(mean: float, std: float, n: int, size: int) -> str:

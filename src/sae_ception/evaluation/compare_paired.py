@@ -35,7 +35,7 @@ from typing import Any, Optional
 import yaml
 
 from sae_ception.errors import ConfigError
-from sae_ception.evaluation.compare import (Comparison, RunResults, count_runs, is_quantile, name_list,
+from sae_ception.evaluation.compare import (Comparison, RunResults, count_runs, is_quantile, name_list, table_lines,
                                             setting_label)
 from sae_ception.evaluation.paired import CONFIDENCE, PairedDifference, paired_difference
 from sae_ception.evaluation.report import ABSOLUTE, verdict
@@ -258,10 +258,6 @@ def format_paired(paired: PairedComparison, skip_quantiles: bool = True) -> str:
     for row in _rows(paired, skip_quantiles):
         cells.append((row.metric, [_format_cell(row.at_cycle[n], sizes[n]) for n in names]))
         cells.append(("  Δ since cycle 0", [_format_cell(row.change[n], sizes[n]) for n in names]))
-    headers = [f"{n} (n={sizes[n]})" for n in names]
-    width = max([len(h) for h in headers] + [len(c) for _, group in cells for c in group])
-    label_width = max([len(label) for label, _ in cells] + [len("metric")])
-    header = f"{'metric':<{label_width}}" + "".join(f" | {h:>{width}}" for h in headers)
     level = f"{paired.confidence:.0%}"
     lines = [
         f"difference from the baseline group '{paired.baseline}', paired by seed, mean difference [{level} CI], "
@@ -272,11 +268,8 @@ def format_paired(paired: PairedComparison, skip_quantiles: bool = True) -> str:
         "Δ since cycle 0: the same for each run's change since cycle 0; "
         "ok/bad after *: the difference goes the better/worse way",
         *(f"note: {note}" for note in paired.notes),
-        header,
-        "-" * len(header),
     ]
-    lines += [f"{label:<{label_width}}" + "".join(f" | {c:>{width}}" for c in group) for label, group in cells]
-    return "\n".join(lines)
+    return "\n".join(lines + table_lines([f"{n} (n={sizes[n]})" for n in names], cells))
 
 
 # --- the CSV

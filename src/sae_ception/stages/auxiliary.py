@@ -30,10 +30,10 @@ from sae_ception.models import Classifier, load_model, save_model
 from sae_ception.run import RunContext
 from sae_ception.sharpening import build_sharpener
 from sae_ception.stages.activations import activations_for_cycle
-from sae_ception.stages.artifacts import model_for_cycle, new_model, sae_for_cycle
+from sae_ception.stages.artifacts import model_for_cycle, new_model, require_model, sae_for_cycle
 from sae_ception.sae.trainer import diverged
 from sae_ception.training.classifier import (AuxiliaryTargets, ClassifierSchedule, evaluate_classifier, lr_setting_of,
-                                             objective_terms, train_classifier)
+                                             objective_terms, train_classifier, weighted_terms)
 from sae_ception.utils.batching import num_batches
 from sae_ception.utils.io import checkpoint_exists, read_json, write_json
 from sae_ception.utils.seeding import seed_everything
@@ -99,7 +99,7 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
         log.info("cycle %d: found %s, skipping auxiliary training (resume)", cycle, target)
         return target
     sae = sae_for_cycle(ctx, cycle)
-    model_for_cycle(ctx, cycle)  # model N must exist (and fit) under either init
+    require_model(ctx, cycle)  # model N must exist (and fit) under either init
     train_acts = activations_for_cycle(ctx, cycle)["train"]
     generator = seed_everything(ctx.seed_for(cycle, "sharpen"))
     sharpener = build_sharpener(cfg.sharpening)
@@ -121,9 +121,11 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
              sharpener.describe(), cfg.cycle.aux_loss, cfg.cycle.init, start.schedule.epochs,
              ", ".join(f"{w:g}" for w in weights))
     candidates, best_model = [], None  # only the best candidate so far stays in memory (models may be large)
+    start_losses: dict[str, float] = {}  # every candidate starts from the same model: its losses are measured once
     for index, weight in enumerate(weights):
         aux = AuxiliaryTargets(targets_ND, weight, cfg.cycle.aux_loss, center_D)
-        record, model = _train_candidate(ctx, cycle, index, aux, start, keep=len(weights) > 1)
+        record, model = _train_candidate(ctx, cycle, index, aux, start, keep=len(weights) > 1,
+                                         start_losses=start_losses)
         candidates.append(record)
         if select_by_validation(candidates) == index:
             best_model = model
@@ -148,7 +150,7 @@ def run_auxiliary(ctx: RunContext, cycle: int) -> Path:
 
 
 def _train_candidate(ctx: RunContext, cycle: int, index: int, aux: AuxiliaryTargets, start: CandidateStart,
-                     keep: bool) -> tuple[dict, Optional[Classifier]]:
+                     keep: bool, start_losses: dict[str, float]) -> tuple[dict, Optional[Classifier]]:
     """Train one candidate; returns its record and, when `keep`, after saving it as a candidate (a search of several
     lambdas resumes from those), its model. A candidate a resumed search already finished is read back: (record,
     None), its weights stay in its folder."""
@@ -162,7 +164,9 @@ def _train_candidate(ctx: RunContext, cycle: int, index: int, aux: AuxiliaryTarg
             return found, None
 
     model, generator = start.begin(ctx, cycle)
-    before = objective_terms(model, ctx.splits.train, aux, ctx.accelerator, cfg.eval_batch_size)
+    if not start_losses:  # the first candidate trained in this invocation measures the shared start
+        start_losses.update(objective_terms(model, ctx.splits.train, aux, ctx.accelerator, cfg.eval_batch_size))
+    before = weighted_terms(start_losses["task_loss"], start_losses["aux_loss"], aux.weight)
     steps_per_run = start.schedule.epochs * num_batches(len(ctx.splits.train.y), start.schedule.batch_size)
     model, info = train_classifier(
         model, ctx.splits.train, ctx.splits.val, start.schedule,

@@ -98,16 +98,20 @@ def objective_terms(model: Classifier, train: Split, aux: AuxiliaryTargets, acce
     loss_fn, center_D = aux_loss_fn(aux.loss), aux.center(device)
     task_sum, aux_sum, n = 0.0, 0.0, len(train.y)
     if n == 0:
-        return {"task_loss": math.nan, "aux_loss": math.nan, "weighted_aux_loss": math.nan, "aux_to_task_ratio": math.nan}
+        return weighted_terms(math.nan, math.nan, aux.weight)
     for rows, batch in inference_batches(train.x, batch_size):
         with raw_model.capture_target() as captured, accelerator.autocast():
             logits = raw_model(to_device(batch, device))
             task_sum += float(F.cross_entropy(logits.float(), train.y[rows].to(device), reduction="sum"))
             aux_sum += float(loss_fn(captured.acts.float(), aux.targets_ND[rows].to(device), center_D)) * len(rows)
-    task, aux_mean = task_sum / n, aux_sum / n
-    weighted = aux.weight * aux_mean
-    return {"task_loss": task, "aux_loss": aux_mean, "weighted_aux_loss": weighted,
-            "aux_to_task_ratio": weighted / task if task > 0 else math.nan}
+    return weighted_terms(task_sum / n, aux_sum / n, aux.weight)
+
+
+def weighted_terms(task_loss: float, aux_loss: float, weight: float) -> dict[str, float]:
+    """`objective_terms` of a model whose mean task and auxiliary losses are known, under auxiliary weight `weight`."""
+    weighted = weight * aux_loss
+    return {"task_loss": task_loss, "aux_loss": aux_loss, "weighted_aux_loss": weighted,
+            "aux_to_task_ratio": weighted / task_loss if task_loss > 0 else math.nan}
 
 
 def trainable_names(model: Classifier, prefixes: list[str]) -> set[str]:
