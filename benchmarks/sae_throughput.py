@@ -1,10 +1,10 @@
 """SAE training throughput: this product's trainer against SAELens's, on the same activations, next to the
 machine's matmul limit.
 
-    python -m venv .venv-bench && . .venv-bench/bin/activate
-    pip install "torch==2.13.0" -e . sae-lens -c benchmarks/constraints.txt   # SAELens only in this venv
+    pip install "torch==2.13.0" -e ".[dev]"             # the dev extra carries SAELens (or: pip install sae-lens)
     python benchmarks/sae_throughput.py                  # 262,144 x 128 rows, d_sae 1024, batch 4096
     python benchmarks/sae_throughput.py --rows 32768 --repeats 1              # a quick look
+    python benchmarks/sae_throughput.py --device cuda --rows 1048576 --d-in 512 --d-sae 8192   # on a GPU
 
 Data: a seeded matrix of sparse non-negative combinations of 1,024 random unit directions plus small noise
 (`synthetic`), and a held-out slice for quality. Each trainer trains one epoch with Adam after an untimed
@@ -22,6 +22,9 @@ weight and gradient-clipping norm are SAELens's divided by d_in. SAELens is not 
 product; without it the table shows the product's rows only. A last row trains the product's default ReLU
 SAE (unit-norm decoder rows) with its L1 coefficient calibrated to SAELens's L0 on seed 0; its L0 over
 the other seeds can differ, so read its L0 column before comparing its MSE.
+
+`--device cuda` runs both trainers, their data and the matmul bound on the GPU (timings synchronise the
+device before reading the clock); benchmarks/device_check.sh runs it that way.
 """
 
 from __future__ import annotations
@@ -56,11 +59,18 @@ def synthetic(rows: int, d_in: int, directions: int = 1024, active: float = 8.0,
     return out
 
 
-def matmul_bound(batch: int, d_in: int, d_sae: int, repeats: int = 50) -> tuple[float, float]:
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a clock read after it times the work itself (a no-op on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_bound(batch: int, d_in: int, d_sae: int, repeats: int = 50, device: str = "cpu") -> tuple[float, float]:
     """(rows/s if a step were only its 5 GEMMs, GFLOP/s achieved on them), timed at the SAE's shapes: each
     GEMM at its median over `repeats` back-to-back runs (the sustained rate a training loop can expect)."""
-    x_BD, g_BD = torch.randn(batch, d_in), torch.randn(batch, d_in)
-    z_BF, W_DF, W_FD = torch.randn(batch, d_sae), torch.randn(d_in, d_sae), torch.randn(d_sae, d_in)
+    x_BD, g_BD = torch.randn(batch, d_in, device=device), torch.randn(batch, d_in, device=device)
+    z_BF = torch.randn(batch, d_sae, device=device)
+    W_DF, W_FD = torch.randn(d_in, d_sae, device=device), torch.randn(d_sae, d_in, device=device)
     gemms = [lambda: x_BD @ W_DF, lambda: z_BF @ W_FD, lambda: g_BD @ W_FD.T,
              lambda: z_BF.T @ g_BD, lambda: x_BD.T @ z_BF]
     seconds = 0.0
@@ -69,8 +79,10 @@ def matmul_bound(batch: int, d_in: int, d_sae: int, repeats: int = 50) -> tuple[
             gemm()
         times = []
         for _ in range(repeats):
+            sync(device)
             started = time.perf_counter()
             gemm()
+            sync(device)
             times.append(time.perf_counter() - started)
         seconds += statistics.median(times)
     return batch / seconds, 5 * 2 * batch * d_in * d_sae / seconds / 1e9
@@ -110,7 +122,7 @@ def train_product(kind: str, acts: torch.Tensor, args, seed: int):
     torch.manual_seed(seed)
     cfg = product_config(kind, args)
     sae = build_sae(cfg, d_in=acts.shape[1])
-    train_sae(sae, acts, cfg, accelerator=make_accelerator("cpu", "no"), seed=seed, show_progress=False)
+    train_sae(sae, acts, cfg, accelerator=make_accelerator(args.device, "no"), seed=seed, show_progress=False)
     return sae.encode, sae.decode
 
 
@@ -121,17 +133,17 @@ def train_saelens(kind: str, acts: torch.Tensor, args, seed: int):
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(seed)
-    common = dict(d_in=acts.shape[1], d_sae=args.d_sae, device="cpu", dtype="float32", normalize_activations="none")
+    common = dict(d_in=acts.shape[1], d_sae=args.d_sae, device=args.device, dtype="float32", normalize_activations="none")
     if kind == "relu":
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=args.l1,
                                                             decoder_init_norm=args.decoder_init_norm, **common))
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=args.k, **common))
     n = len(acts) - len(acts) % args.batch
-    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))[:n]
+    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))[:n].to(acts.device)
     batches = (acts[idx] for idx in order.split(args.batch))
     trainer_cfg = SAETrainerConfig(total_training_samples=n, train_batch_size_samples=args.batch, lr=args.lr,
-                                   lr_end=args.lr, device="cpu")
+                                   lr_end=args.lr, device=args.device)
     SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches).fit()
     return sae.encode, sae.decode
 
@@ -152,9 +164,11 @@ def timed_runs(train: Callable, kind: str, acts: torch.Tensor, held_out: torch.T
     train(kind, acts, args, seed=0)  # a whole warm-up run: the first runs in a process are slower
     speeds, fractions, bounds, scores = [], [], [], []
     for repeat in range(args.repeats):
-        bound, _ = matmul_bound(args.batch, args.d_in, args.d_sae)
+        bound, _ = matmul_bound(args.batch, args.d_in, args.d_sae, device=args.device)
+        sync(args.device)
         started = time.perf_counter()
         encode, decode = train(kind, acts, args, seed=repeat)
+        sync(args.device)
         speed = len(acts) / (time.perf_counter() - started)
         speeds.append(speed)
         fractions.append(speed / bound)
@@ -207,6 +221,7 @@ def match_l0(acts: torch.Tensor, held_out: torch.Tensor, args, target_l0: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both trainers, the data and the bound)")
     parser.add_argument("--rows", type=int, default=262_144)
     parser.add_argument("--held-out", type=int, default=16_384)
     parser.add_argument("--d-in", type=int, default=128)
@@ -222,10 +237,13 @@ def main() -> None:
                         help="ReLU: starting decoder-row norm of both trainers' SAEs (SAELens's default: 0.1)")
     args = parser.parse_args()
 
-    data = synthetic(args.rows + args.held_out, args.d_in)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.exit(2, "error: --device cuda but no CUDA device is visible; use --device cpu\n")
+    data = synthetic(args.rows + args.held_out, args.d_in).to(args.device)
     acts, held_out = data[: args.rows], data[args.rows:]
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
     print(f"{args.rows} rows x {args.d_in} dims, d_sae {args.d_sae}, batch {args.batch}, one epoch, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {where}")
     trainers = [("sae-ception", train_product)] + ([("SAELens", train_saelens)] if saelens_available() else [])
     rows = {(kind, name): timed_runs(train, kind, acts, held_out, args)
             for kind in ("relu", "topk") for name, train in trainers}

@@ -7,6 +7,7 @@
     python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline sharpening.type=per_class
     python scripts/compare.py multirun/a multirun/b --where cycle.aux_loss=mse --baseline sharpening.type=class_mean
     python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline "random, 0.1" --metrics sae/mse --out figs
+    python scripts/compare.py multirun/2026-11-21/20-00-00 --wandb             # also log the table to wandb
 
 Groups are the settings that differ between the runs (the seed never groups; it is what is averaged).
 Each group's header gives its number of runs n; a cell is the mean ± the sample std of its runs (one run:
@@ -22,6 +23,11 @@ bars (one panel per --metrics key; default: accuracy, the SAE's CSI / U / ARI me
 
 --where KEY=VALUE ... keeps only the runs with those settings (e.g. one objective and weight of a larger sweep).
 
+--wandb also logs the table (and, with --baseline, the paired CSV rows and PNG) as a wandb run named
+compare-<first folder>, job_type "compare", in the project, entity and mode the compared runs were logged with
+(their config.yaml), in their shared group (a sweep's jobs share one); offline, under the first folder.
+--wandb-mode offline|online overrides the runs' mode (needed when they were made with wandb disabled).
+
 A damaged file, a --by key no run has, a --where that matches no run, a --cycle some runs lack or a --baseline that names no single group is
 one line and exit status 2; what is unusual but comparable (runs still running, runs ending at different
 cycles, unpaired seeds) is a `note:`.
@@ -34,12 +40,13 @@ from pathlib import Path
 
 from sae_ception.errors import ConfigError, SAECeptionError
 from sae_ception.evaluation.compare import compare, find_runs, format_comparison, where
-from sae_ception.evaluation.compare_paired import (figure_metrics, format_paired, paired_comparison,
+from sae_ception.evaluation.compare_paired import (figure_metrics, format_paired, paired_comparison, paired_csv,
                                                    select_baseline, write_paired)
+from sae_ception.evaluation.compare_wandb import log_comparison, wandb_target
 
 
-def _paired(comparison, args) -> str:
-    """The paired table and the paths of its CSV and PNG (written here)."""
+def _paired(comparison, args) -> tuple[str, str, Path]:
+    """The paired table with the paths of its CSV and PNG (written here), the CSV's text and the PNG's path."""
     skip = not args.all
     paired = paired_comparison(comparison, select_baseline(comparison, args.baseline))
     metrics = figure_metrics(paired, args.metrics)
@@ -50,7 +57,19 @@ def _paired(comparison, args) -> str:
         where = ex.filename or out
         raise ConfigError(f"--out {out}: cannot write {where} ({ex.strerror or ex}); "
                           "give --out a folder you can write to") from None
-    return format_paired(paired, skip_quantiles=skip) + "".join(f"\nwrote {path}" for path in written)
+    text = format_paired(paired, skip_quantiles=skip) + "".join(f"\nwrote {path}" for path in written)
+    return text, paired_csv(paired, skip_quantiles=skip), written[-1]
+
+
+def _log_to_wandb(comparison, target, args, paired) -> str:
+    """One line saying where the comparison was logged (compare_wandb.log_comparison)."""
+    csv_text, figure = paired if paired is not None else (None, None)
+    try:
+        return log_comparison(comparison, target, args.folders, skip_quantiles=not args.all, paired_csv=csv_text,
+                              figure=figure)
+    except OSError as ex:
+        raise ConfigError(f"--wandb: cannot write {ex.filename or args.folders[0]} ({ex.strerror or ex}); "
+                          "give a first folder you can write to, or --wandb-mode online") from None
 
 
 def main() -> None:
@@ -70,20 +89,31 @@ def main() -> None:
                              "accuracy, the SAE's CSI / U / ARI means, the probe accuracies)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="with --baseline: folder for paired_vs_<baseline>.csv and .png (default: the first folder)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the table (and the paired CSV and PNG) to the runs' wandb project and group")
+    parser.add_argument("--wandb-mode", default=None, metavar="MODE",
+                        help="with --wandb: offline | online | disabled instead of the runs' own wandb.mode")
     args = parser.parse_args()
     if not args.folders:
         parser.error("give at least one run or sweep folder (with --by, put the folders first: "
                      "compare.py FOLDER --by KEY)")
+    paired = None
     try:
         for flag, value in (("--metrics", args.metrics), ("--out", args.out)):
             if value is not None and args.baseline is None:
                 raise ConfigError(f"{flag}: only with --baseline GROUP (it chooses the paired PNG's panels / folder); "
                                   "add --baseline, or leave it out")
+        if args.wandb_mode is not None and not args.wandb:
+            raise ConfigError(f"--wandb-mode {args.wandb_mode}: only with --wandb (it sets where the table is "
+                              "logged); add --wandb, or leave it out")
         runs = find_runs(args.folders)
         comparison = compare(where(runs, args.where or []), args.by, args.cycle)
+        compared = [run for members in comparison.groups.values() for run in members]
+        target = wandb_target(compared, args.wandb_mode) if args.wandb else None  # refused before any output
         text = format_comparison(comparison, skip_quantiles=not args.all)
         if args.baseline is not None:
-            text += "\n\n" + _paired(comparison, args)
+            paired_text, *paired = _paired(comparison, args)
+            text += "\n\n" + paired_text
     except SAECeptionError as ex:
         print(f"error: {ex}", file=sys.stderr)
         sys.exit(2)
@@ -93,6 +123,12 @@ def main() -> None:
         # the reader stopped early (`| head`): not an error; send what Python still wants to flush nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    if target is not None:
+        try:
+            print(_log_to_wandb(comparison, target, args, paired), flush=True)
+        except SAECeptionError as ex:
+            print(f"error: {ex}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

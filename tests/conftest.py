@@ -122,3 +122,19 @@ def chromium():
         browser.close()
     finally:
         playwright.stop()
+
+
+@pytest.fixture
+def fake_wandb(tmp_path, monkeypatch) -> Path:
+    """tests/fake_wandb.py's stand-in imported as `wandb` in this process; returns the file its calls go to."""
+    import importlib.util
+
+    from tests.fake_wandb import write_fake_wandb
+
+    folder = write_fake_wandb(tmp_path / "fake")
+    spec = importlib.util.spec_from_file_location("wandb", folder / "wandb" / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    monkeypatch.setenv("FAKE_WANDB_LOG", str(tmp_path / "wandb_calls.jsonl"))
+    return tmp_path / "wandb_calls.jsonl"

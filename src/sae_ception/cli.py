@@ -26,6 +26,8 @@ from sae_ception.errors import ArtifactError, ConfigError, DivergenceError, SAEC
 from sae_ception.run import RunContext, check_artifacts, check_resumable
 from sae_ception.run_folder import ClaimSweepFolder, RunFolderClaim
 from sae_ception.utils.device import make_accelerator, set_threads
+from sae_ception.utils.distributed import (check_batch_sizes, describe_processes, process_rank,
+                                           single_process_launch_warning)
 from sae_ception.utils.io import WRITE_ERRNOS, user_path
 from sae_ception.utils.tracking import Tracker
 
@@ -110,10 +112,11 @@ def one_line_hydra_errors(run_settings_only: bool = False) -> Iterator[None]:
         if line is None:
             raise
         ClaimSweepFolder.release_unused()
-        # in the product's format whatever logging Hydra set up (a sweep's launcher logs as "[HYDRA]")
-        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (line,), None)
-        sys.stdout.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
-        sys.stdout.flush()
+        if process_rank() == 0 or isinstance(ex, OSError):  # the same settings on every process: one line
+            # in the product's format whatever logging Hydra set up (a sweep's launcher logs as "[HYDRA]")
+            record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (line,), None)
+            sys.stdout.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
+            sys.stdout.flush()
         sys.exit(2)
     finally:
         if not user_wants_full:
@@ -280,6 +283,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         cfg = parse_config(hydra_cfg)
         set_threads(cfg.threads)
         accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
+        check_batch_sizes(cfg, accelerator.num_processes)
         folder, fresh = job_folder(cfg, overrides)
         cfg.paths.output_dir = str(folder)  # the folder actually claimed replaces it (`_claim`)
         ctx = RunContext(cfg, accelerator)
@@ -297,7 +301,10 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
             ctx.remove_stale_temporaries()
             ctx.save_config()
         with log_file(ctx.layout.root / f"{log_name}.log" if log_name and accelerator.is_main_process else None):
-            log.info("run folder: %s (device %s)", ctx.layout.root, accelerator.device)
+            log.info("run folder: %s (%s)", ctx.layout.root, describe_processes(accelerator))
+            launch_warning = single_process_launch_warning()
+            if launch_warning is not None:
+                log.warning(launch_warning)
             ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None
             exit_code = 1
             try:
@@ -311,11 +318,13 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
     except DivergenceError as ex:
         models = ctx.layout.model_cycles()
         reuse = f"; inputs.model={ctx.layout.model(models[-1])} starts it from this run's model {models[-1]}" if models else ""
-        log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
+        if process_rank() == 0:  # found on every process alike (training losses are reduced across processes)
+            log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
         sys.exit(2)
     except SAECeptionError as ex:
         _drop_empty_sweep_job_folder()
-        log.error("error: %s", ex)
+        if process_rank() == 0 or not isinstance(ex, ConfigError):  # a bad setting is the same on every process
+            log.error("error: %s", ex)
         sys.exit(2)
     except OSError as ex:
         line = write_error_line(ex)

@@ -13,6 +13,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sae_ception.data import DATASETS, DatasetConfig
 from sae_ception.errors import ConfigError
+from sae_ception.evaluation.objective_metrics import check_objective, check_search
 from sae_ception.models import MODELS, ModelConfig
 from sae_ception.sae import SAE_TYPES, SAEConfig
 from sae_ception.sharpening import SHARPENERS, SharpeningConfig
@@ -130,7 +131,7 @@ class WandbConfig:
     mode: str = "offline"  # offline (log locally, `wandb sync` later), online, or disabled
     project: str = "sae-ception"
     entity: Optional[str] = None
-    group: Optional[str] = None
+    group: Optional[str] = None  # null: inside a --multirun sweep, the sweep's folder (utils/tracking.py), else none
     name: Optional[str] = None
     tags: List[str] = field(default_factory=list)
 
@@ -159,6 +160,9 @@ class Settings:
     plots: bool = True  # write PNG plots (and send them to wandb) at the end of a run
     activation_dtype: str = "float32"  # how cached activations are stored on disk: float32 | float16
     threads: str = "auto"  # CPU threads of this process: auto (CPUs it may use / processes on this machine) or N
+    # a metric (`family/name` of the results) that train_cycle.py measures on the VALIDATION split at the last
+    # cycle, writes to results/objective.json and returns: what `hydra/sweeper=optuna` optimises (null: none)
+    objective: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:
@@ -177,6 +181,9 @@ class Settings:
             raise ConfigError(f"eval_batch_size={self.eval_batch_size} must be a positive integer")
         if self.threads != "auto" and not (self.threads.isdigit() and int(self.threads) > 0):
             raise ConfigError(f"threads={self.threads!r} is not valid; use auto or a positive integer")
+        if self.objective is not None:
+            check_objective(self.objective)
+        check_search(self.objective)  # inside an Optuna sweep: an objective, in its better direction
 
 
 @dataclass
@@ -205,6 +212,9 @@ class Config(Settings):
             raise ConfigError(f"cycle.init=scratch trains a fresh model from the baseline's seed and schedule, which "
                               f"inputs.model={self.inputs.model} did not come from; use cycle.init=continue, or drop "
                               "inputs.model and let the run train its own baseline")
+        if self.objective is not None and self.dataset.val_fraction == 0:
+            raise ConfigError(f"objective={self.objective} is measured on the validation split, but "
+                              "dataset.val_fraction=0; set it > 0 (e.g. 0.1), a search must never select on test data")
         if self.sae.target_l0 is not None and self.dataset.val_fraction == 0:
             raise ConfigError(f"sae.target_l0={self.sae.target_l0} is calibrated on validation data, but "
                               "dataset.val_fraction=0; set it > 0 (e.g. 0.1)")

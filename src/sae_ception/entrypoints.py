@@ -13,6 +13,7 @@ from sae_ception.stages.artifacts import new_model, require_model, require_sae
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.cycle import analyze, reevaluate, run_cycles
+from sae_ception.stages.objective import check_validation_split, run_objective
 from sae_ception.stages.sae import run_sae
 from sae_ception.training.classifier import trainable_names
 
@@ -47,6 +48,14 @@ def _cycle_preflight(ctx: RunContext) -> None:
     if ctx.cfg.inputs.sae:
         require_sae(ctx, cycle.current)
     _check_trainable(ctx)
+    check_validation_split(ctx)
+
+
+def _train_cycle(ctx: RunContext) -> Optional[float]:
+    """scripts/train_cycle.py: every cycle, then the search objective (`objective`) of the last one on the
+    validation split; returns it (NaN when undefined), or None when no objective is set."""
+    run_cycles(ctx)
+    return run_objective(ctx)
 
 
 def _baseline_preflight(ctx: RunContext) -> None:
@@ -67,7 +76,7 @@ def _auxiliary_preflight(ctx: RunContext) -> None:
 
 
 ENTRYPOINTS = {
-    "train_cycle": Entrypoint(run_cycles, _cycle_preflight),
+    "train_cycle": Entrypoint(_train_cycle, _cycle_preflight),
     "train_baseline": Entrypoint(run_baseline, _baseline_preflight),
     "train_sae": Entrypoint(lambda ctx: run_sae(ctx, _current(ctx)), lambda ctx: require_model(ctx, _current(ctx))),
     "train_auxiliary": Entrypoint(lambda ctx: run_auxiliary(ctx, _current(ctx)), _auxiliary_preflight),

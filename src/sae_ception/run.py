@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 RESUME_NEUTRAL = {
     ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",),
     ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("analysis",), ("cycle", "max_cycles"), ("cycle", "current"),
-    ("threads",),
+    ("threads",), ("objective",),
 }
 
 

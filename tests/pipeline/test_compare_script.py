@@ -134,3 +134,81 @@ def test_baseline_files_go_to_the_first_folder_by_default(monkeypatch, capsys, s
     code, out, _ = run_main(monkeypatch, capsys, sweep, "--baseline", "random")
     assert code == 0 and f"wrote {sweep / 'paired_vs_random.csv'}" in out and (sweep / "paired_vs_random.png").is_file()
     assert "note: 'per_class' vs 'random': only 'per_class' has seed 1: unpaired runs" in out
+
+
+# --- --wandb: the table as a wandb run in the compared runs' project and group
+from sae_ception.evaluation.compare_wandb import TABLE_COLUMNS  # noqa: E402
+from sae_ception.utils.tracking import GROUP_FILE  # noqa: E402
+from tests.fake_wandb import wandb_calls  # noqa: E402
+
+
+def logged_sweep(folder, project="proj", group="multirun/a_sweep"):
+    """The `sweep` runs as made with wandb offline in `project`, each recording the sweep's group."""
+    for name, seed, sharpening, accuracies in (("0", 0, "per_class", [0.90, 0.94]), ("1", 1, "per_class", [0.90, 0.96]),
+                                              ("2", 0, "random", [0.90, 0.88])):
+        make_run(folder / name, seed, sharpening, accuracies,
+                 extra={"wandb": {"mode": "offline", "project": project, "entity": None, "group": None}})
+        (folder / name / GROUP_FILE).write_text(group + "\n")
+    return folder
+
+
+def other_project(sweep):
+    make_run(sweep / "3", 1, "random", [0.9, 0.9], extra={"wandb": {"mode": "offline", "project": "elsewhere"}})
+
+
+@pytest.mark.parametrize("damage, args, match", [
+    (None, ["SWEEP", "--wandb"], "--wandb: these runs were made with wandb.mode=disabled, so nothing would be logged; "
+                                 "give --wandb-mode offline"),
+    (None, ["SWEEP", "--wandb-mode", "offline"], "--wandb-mode offline: only with --wandb"),
+    (None, ["SWEEP", "--wandb", "--wandb-mode", "onlin"], "--wandb-mode onlin: not a wandb mode; use one of offline, "
+                                                          "online, disabled"),
+    (other_project, ["SWEEP", "--wandb", "--wandb-mode", "offline"],
+     "--wandb: the runs log to different wandb projects (sae-ception: 3 runs; elsewhere: 1 run)"),
+])
+def test_a_wandb_comparison_that_cannot_be_logged_is_refused_before_the_table(monkeypatch, capsys, sweep, damage,
+                                                                              args, match, fake_wandb):
+    test_each_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, sweep, damage, args, match)
+    assert not fake_wandb.exists(), "wandb must not be started"
+
+
+def test_wandb_gets_the_table_in_the_runs_project_and_sweep_group(monkeypatch, capsys, tmp_path, fake_wandb):
+    sweep = logged_sweep(tmp_path / "a_sweep")
+    code, out, err = run_main(monkeypatch, capsys, sweep, "--wandb")
+    assert code == 0 and err == ""
+    table, line = out.rstrip("\n").rsplit("\n", 1)
+    assert table.startswith("grouped by: sharpening.type")
+    assert line == (f"wandb: logged the comparison as compare-a_sweep to proj (offline, group multirun/a_sweep) at "
+                    f"{sweep}/wandb/offline-run-fake")
+    (init,) = wandb_calls(fake_wandb, "init")
+    assert {k: init["kwargs"][k] for k in ("project", "entity", "group", "name", "job_type", "mode", "dir")} == {
+        "project": "proj", "entity": None, "group": "multirun/a_sweep", "name": "compare-a_sweep",
+        "job_type": "compare", "mode": "offline", "dir": str(sweep)}
+    (log,) = wandb_calls(fake_wandb, "log")
+    logged = log["data"]["compare/table"]
+    assert logged["columns"] == TABLE_COLUMNS
+    rows = {(r[0], r[1], r[2]): r[3:] for r in logged["data"]}
+    mean, std, n, runs = rows[("per_class", "performance/accuracy", "at_cycle")]
+    assert (mean, n, runs) == (pytest.approx(0.95), 2, 2) and std == pytest.approx(0.0141421, rel=1e-4)
+    assert rows[("random", "performance/accuracy", "change_since_cycle_0")] == [pytest.approx(-0.02), None, 1, 1]
+    assert rows[("random", "clustering_sae/ari_kmeans", "at_cycle")] == [None, None, 0, 1]  # undefined stays undefined
+    assert wandb_calls(fake_wandb, "finish") != []
+
+
+def test_wandb_with_a_baseline_also_gets_the_paired_rows_and_figure(monkeypatch, capsys, tmp_path, fake_wandb):
+    sweep = logged_sweep(tmp_path / "a_sweep")
+    make_run(sweep / "3", 1, "random", [0.90, 0.91], extra={"wandb": {"mode": "offline", "project": "proj"}})
+    code, out, _ = run_main(monkeypatch, capsys, sweep, "--baseline", "per_class", "--wandb")
+    assert code == 0 and "group" not in out.splitlines()[-1]  # run 3 recorded no group: the runs share none
+    data = wandb_calls(fake_wandb, "log")[0]["data"]
+    paired = data["compare/paired"]
+    row = next(r for r in paired["data"] if r[1] == "performance/accuracy" and r[9] == "at_cycle")
+    assert row[0] == "random" and row[2] == 2 and row[3] == pytest.approx(-0.055) and row[6] is False
+    assert data["compare/paired_figure"]["path"] == str(sweep / "paired_vs_per_class.png")
+
+
+def test_wandb_offline_writes_a_local_run_the_next_comparison_ignores(monkeypatch, capsys, sweep):
+    code, out, err = run_main(monkeypatch, capsys, sweep, "--wandb", "--wandb-mode", "offline")
+    assert code == 0 and err == "" and f"(offline) at {sweep}/wandb/offline-run-" in out
+    assert len(list(sweep.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+    again, out_again, _ = run_main(monkeypatch, capsys, sweep)
+    assert again == 0 and out_again == out.rsplit("\n", 2)[0] + "\n"  # the same table: wandb's files are no run

@@ -40,7 +40,7 @@ from sae_ception.evaluation.results_file import read_results, results_remedy
 # Settings that never define a group: where and how a run was logged, drawn or scheduled (none of them changes a
 # metric), and the seed being averaged over.
 NOT_A_GROUP = ("seed", "run_dir", "paths.", "wandb.", "progress", "resume", "inputs.", "eval_", "device",
-               "cycle.current", "plots", "analysis.", "threads")
+               "cycle.current", "plots", "analysis.", "threads", "objective")
 RESULTS_NAME = re.compile(r"cycle_(\d+)\.json")
 UNSET = "unset"  # the group label of a run that does not have a grouping key at all (not the same as null)
 SHOWN = 3  # runs named in one message before "and N more"
@@ -119,8 +119,9 @@ def read_run(folder: Path) -> RunResults:
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
-    """Inside a hidden folder (`.hydra/`, a writer's `.name.tmp`): not a run of its own."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+    """Inside a hidden folder (`.hydra/`, a writer's `.name.tmp`) or a wandb folder (wandb's own
+    `files/config.yaml`, of a run or of `compare.py --wandb`): not a run of its own."""
+    return any(part.startswith(".") or part == "wandb" for part in path.relative_to(root).parts[:-1])
 
 
 def find_runs(folders: Iterable[Path]) -> list[RunResults]:

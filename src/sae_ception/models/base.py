@@ -25,7 +25,7 @@ class ModelConfig:
 
     name: str = "mlp"
     epochs: int = 30  # baseline training epochs
-    batch_size: int = 64  # examples per optimiser step (across gradient accumulation)
+    batch_size: int = 64  # examples per optimiser step (across gradient accumulation and over all processes)
     lr: float = 1e-3
     weight_decay: float = 0.0
     keep_best: bool = True  # keep the epoch with the best validation accuracy (else the last)

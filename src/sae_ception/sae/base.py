@@ -33,7 +33,7 @@ class SAEConfig:
     expansion_factor: int = 4  # width multiple used when d_sae is None
     normalize: str = "scale"  # none | scale (one scalar: mean squared norm = d_in) | standardize (per-dim mean/std)
     epochs: int = 50  # passes over the training activations
-    batch_size: int = 128
+    batch_size: int = 128  # activation rows per optimiser step, over all processes
     lr: float = 1e-3  # Adam learning rate
     lr_warmup_steps: int = 0  # linear LR ramp over the first steps (0 = none)
     grad_clip: Optional[float] = 1.0  # max global gradient norm; None or <= 0 disables clipping

@@ -11,6 +11,13 @@ Divergence stops training with a DivergenceError (one line naming the training a
 it is saved: non-finite losses on a logged step, non-finite weights at the end (NaN weights persist, so the
 end catches what the logged steps missed), or a trained SAE whose reconstructions of the training rows are
 worse than their mean by a wide margin (`DIVERGED_EXPLAINED_VARIANCE`).
+
+With several processes (batch sizes are global, utils/batching.py) every process draws the same batches and
+computes its share of each; in one collective per step the gradients, weighted by each share's rows, are
+averaged (so the step is the single-process step up to floating-point order), the processes learn which
+latents fired on any of their rows (so all agree on the dead latents) and the batch's mean (for its explained
+variance). What still depends on the split: BatchTopK keeps the top k x rows of each process's share, not of
+the whole batch, and TopK's AuxK loss is normalised by each share's residual, not the batch's.
 """
 
 import math
@@ -23,7 +30,8 @@ from torch import Tensor
 from sae_ception.errors import DivergenceError
 from sae_ception.evaluation.sae_quality import sae_quality
 from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, fit_sample
-from sae_ception.utils.batching import num_batches, shuffled_batches
+from sae_ception.utils.batching import Share, num_batches, process_shares, shuffled_batches
+from sae_ception.utils.distributed import check_rows_per_process
 from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
 
@@ -50,11 +58,13 @@ class FiringTracker:
         self.since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.dead_after = dead_after
 
-    def update(self, codes_BF: Tensor, fired_F: Optional[Tensor] = None) -> None:
-        """`fired_F`: which latents fired, when the step already knows (saves a pass over the codes)."""
+    def update(self, codes_BF: Tensor, fired_F: Optional[Tensor] = None, rows: Optional[int] = None) -> None:
+        """`fired_F`: which latents fired, when the step already knows (saves a pass over the codes); with several
+        processes, whether they fired on any process's rows. `rows`: the examples of the step (the global batch;
+        default: the rows of `codes_BF`)."""
         if fired_F is None:
             fired_F = (codes_BF.detach() != 0).any(0)
-        self.since_fired_F = torch.where(fired_F, 0, self.since_fired_F + codes_BF.shape[0])
+        self.since_fired_F = torch.where(fired_F, 0, self.since_fired_F + (codes_BF.shape[0] if rows is None else rows))
 
     @property
     def dead_F(self) -> Tensor:
@@ -67,13 +77,10 @@ def _sum_of_squares(t: Tensor) -> Tensor:
     return torch.dot(flat, flat)
 
 
-def batch_metrics(out: SAEOutput, x_BD: Tensor, with_l0: bool = True) -> dict[str, Tensor]:
-    """Loss terms, explained variance (raw space) and, `with_l0`, L0 of one batch, as device tensors."""
-    x_BD = x_BD.float()
-    err = out.squared_error if out.squared_error is not None else _sum_of_squares(out.recon.float() - x_BD)
-    spread = _sum_of_squares(x_BD - x_BD.mean(0)).clamp_min(1e-12)
-    metrics = {**{k: v.detach().float() for k, v in out.losses.items()},
-               "explained_variance": 1 - err.detach() / spread}
+def batch_metrics(out: SAEOutput, with_l0: bool = True) -> dict[str, Tensor]:
+    """Loss terms and, `with_l0`, L0 (mean non-zero codes per row) of one batch, as device scalars: each a mean
+    over the batch's rows (AuxK's normalisation aside, see sae/topk.py)."""
+    metrics = {k: v.detach().float() for k, v in out.losses.items()}
     if not with_l0:
         return metrics
     if out.l0 is not None:
@@ -81,6 +88,21 @@ def batch_metrics(out: SAEOutput, x_BD: Tensor, with_l0: bool = True) -> dict[st
     else:  # sign/abs/sum: three fast passes (count_nonzero and boolean sums are several times slower on CPU)
         metrics["l0"] = out.codes_BF.detach().sign().abs_().sum() / out.codes_BF.shape[0]
     return metrics
+
+
+def error_and_spread(out: SAEOutput, x_BD: Tensor, center_D: Optional[Tensor] = None) -> Tensor:
+    """[2]: the batch's summed squared reconstruction error and its rows' summed squared distance from `center_D`
+    (default: their mean), both in the raw space. A step's explained variance is 1 - error / spread; with several
+    processes both are summed over processes, each measuring from the global batch's mean."""
+    x_BD = x_BD.float()
+    err = out.squared_error if out.squared_error is not None else _sum_of_squares(out.recon.float() - x_BD)
+    spread = _sum_of_squares(x_BD - (x_BD.mean(0) if center_D is None else center_D))
+    return torch.stack([err.detach().float(), spread])
+
+
+def explained_variance(error_and_spread_S2: Tensor) -> Tensor:
+    """[S]: 1 - error / spread of each row of `error_and_spread` pairs [S, 2] (spread floored at 1e-12)."""
+    return 1 - error_and_spread_S2[:, 0] / error_and_spread_S2[:, 1].clamp_min(1e-12)
 
 
 def set_lr(optimizer, cfg: SAEConfig, step: int) -> float:
@@ -103,19 +125,57 @@ def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(sae.parameters(), lr=lr)
 
 
-def optimise(sae: SparseAutoencoder, optimizer, accelerator: Accelerator, cfg: SAEConfig) -> None:
+def optimise(sae: SparseAutoencoder, optimizer, accelerator: Accelerator, cfg: SAEConfig, weight: float = 1.0,
+             along: Optional[Tensor] = None) -> Optional[Tensor]:
     """One step on the gradients `loss_and_grads` set, keeping decoder rows on the unit sphere: average
-    across processes, project, clip, step, renormalise."""
+    across processes, project, clip, step, renormalise. With several processes each one's gradients are scaled
+    by its share's `weight` (batching.Share) and averaged over processes, so the step follows the gradient of
+    the global batch's mean loss; `along` (a float vector, e.g. which latents fired) is averaged in the same
+    collective and returned averaged (returned as it is with one process)."""
     params = [p for p in sae.parameters() if p.grad is not None]
     if accelerator.num_processes > 1:  # hand-written gradients bypass DDP's hooks: average them here
-        for p in params:
-            p.grad = accelerator.reduce(p.grad, reduction="mean")
+        along = _average_over_processes([p.grad for p in params], weight, along, accelerator)
     sae.remove_parallel_decoder_grad_()
     if cfg.grad_clip is not None and cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     sae.normalize_decoder_()
+    return along
+
+
+def _average_over_processes(grads: list[Tensor], weight: float, along: Optional[Tensor],
+                            accelerator: Accelerator) -> Optional[Tensor]:
+    """Replace each gradient by the mean over processes of `weight` x it, in one collective over one flat
+    buffer (with `along` appended, whose mean over processes is returned)."""
+    pieces = [g.reshape(-1).float() * weight for g in grads] + ([along.float()] if along is not None else [])
+    flat = accelerator.reduce(torch.cat(pieces), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[offset:] if along is not None else None
+
+
+def _step_over_processes(sae: SparseAutoencoder, optimizer, accelerator: Accelerator, cfg: SAEConfig, out: SAEOutput,
+                         x_BD: Tensor, share: Share, batch_rows: int) -> tuple[Tensor, Optional[Tensor]]:
+    """`optimise` on this process's `share` (its rows x_BD [b, D]) of a global batch of `batch_rows` rows. Returns
+    which latents fired [F] (on any process's rows) and the global batch's mean [D] in the raw space (None with one
+    process: the batch is x_BD), both learnt in the gradients' collective; a placeholder row counts for neither."""
+    fired_F = out.fired_F if out.fired_F is not None else (out.codes_BF.detach() != 0).any(0)
+    if accelerator.num_processes == 1:
+        optimise(sae, optimizer, accelerator, cfg)
+        return fired_F, None
+    counted = float(share.weight > 0)
+    along = optimise(sae, optimizer, accelerator, cfg, share.weight,
+                     torch.cat([fired_F.float() * counted, x_BD.float().sum(0) * counted]))
+    d_sae = fired_F.shape[0]
+    return along[:d_sae] > 0, along[d_sae:] * (accelerator.num_processes / batch_rows)
+
+
+def _mean_over_processes(values: Tensor, accelerator: Accelerator) -> Tensor:
+    """The mean over processes of `values` (every process must call it); `values` itself with one process."""
+    return accelerator.reduce(values, reduction="mean") if accelerator.num_processes > 1 else values
 
 
 def diverged(cfg: SAEConfig, what: str, how: str) -> DivergenceError:
@@ -152,30 +212,36 @@ def train_sae(
     show_progress: bool = True,
     what: str = "SAE training",
 ) -> dict:
-    """Train `sae` in place on `acts_ND` [N, d_in] (raw activations). Returns last-epoch means of the loss
-    terms, L0 and EV; `dead_fraction` (latents silent for the dead window at the end: `dead_window`);
-    `final_fit` (`fit_on_training_rows` of the trained SAE) and `degenerate` (no latent of the trained SAE
-    fires on those rows); steps, epochs.
+    """Train `sae` in place on `acts_ND` [N, d_in] (raw activations), in global batches of `cfg.batch_size` rows
+    (every process holds all of `acts_ND` and computes its share of each batch). Returns last-epoch means of the
+    loss terms, L0 and EV over whole batches (all processes); `dead_fraction` (latents silent for the dead window
+    at the end: `dead_window`); `final_fit` (`fit_on_training_rows` of the trained SAE) and `degenerate` (no
+    latent of the trained SAE fires on those rows); steps, epochs.
 
     Raises DivergenceError, one line naming `what` and sae.lr, when the losses of a logged step or the
-    final weights are not finite, or the final fit's explained variance is below DIVERGED_EXPLAINED_VARIANCE."""
+    final weights are not finite, or the final fit's explained variance is below DIVERGED_EXPLAINED_VARIANCE;
+    ConfigError when `cfg.batch_size` is smaller than the number of processes."""
     sae.set_normalization(acts_ND)
     device, generator = accelerator.device, torch.Generator().manual_seed(seed)
     sae = sae.to(device)
     optimizer = make_optimizer(sae, cfg.lr)
     n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
-    rows_per_epoch = n // world if world > 1 else n
-    tracker = FiringTracker(sae.d_sae, dead_window(cfg.dead_after_examples, rows_per_epoch), device)
-    total_steps = cfg.epochs * num_batches(n, cfg.batch_size, world)
-    bar = progress_bar(total_steps, "sae", show_progress)
+    check_rows_per_process(cfg.batch_size, 1, world, "sae.batch_size")
+    tracker = FiringTracker(sae.d_sae, dead_window(cfg.dead_after_examples, n), device)
+    steps_per_epoch = num_batches(n, cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    bar = progress_bar(total_steps, "sae", show_progress and accelerator.is_main_process)
     step, epoch_sums, epoch_counts = 0, {}, {}
-    batch_buffer = acts_ND.new_empty((min(cfg.batch_size, n), acts_ND.shape[1]))  # reused: no per-step allocation
+    # reused: no per-step allocation (a process computes at most ceil(batch_size / world) rows of a batch)
+    batch_buffer = acts_ND.new_empty((min(-(-cfg.batch_size // world), n), acts_ND.shape[1]))
     sae.train()
     any_dead, check_every = True, 1 if device.type == "cpu" else DEAD_CHECK_EVERY
     for epoch in range(cfg.epochs):
         epoch_sums, epoch_counts = {}, {}  # L0 is measured on logged steps only: its own count
-        for idx in shuffled_batches(n, cfg.batch_size, generator, rank, world):
-            x_BD = torch.index_select(acts_ND, 0, idx.to(acts_ND.device), out=batch_buffer[: len(idx)])
+        error_spread_S2 = torch.zeros(steps_per_epoch, 2, device=device)  # per step, for the epoch's mean EV
+        for position, batch in enumerate(shuffled_batches(n, cfg.batch_size, generator)):
+            share = process_shares(batch, rank, world)[0]
+            x_BD = torch.index_select(acts_ND, 0, share.rows.to(acts_ND.device), out=batch_buffer[: len(share.rows)])
             x_BD = x_BD.to(device, non_blocking=True).float()
             lr = set_lr(optimizer, cfg, step)
             if step % check_every == 0:
@@ -183,9 +249,12 @@ def train_sae(
             logged_step = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
             out = sae.loss_and_grads(x_BD, TrainingState(step=step, dead_F=tracker.dead_F, any_dead=any_dead,
                                                          measure_l0=logged_step))
-            optimise(sae, optimizer, accelerator, cfg)
-            tracker.update(out.codes_BF, out.fired_F)
-            metrics = batch_metrics(out, x_BD, with_l0=logged_step)
+            fired_F, center_D = _step_over_processes(sae, optimizer, accelerator, cfg, out, x_BD, share, len(batch))
+            tracker.update(out.codes_BF, fired_F, rows=len(batch))
+            error_spread_S2[position] = error_and_spread(out, x_BD, center_D) if share.weight > 0 else 0.0
+            metrics = batch_metrics(out, with_l0=logged_step)
+            if world > 1:  # this process's part of the batch means (their mean over processes: the batch's)
+                metrics = {k: v * share.weight for k, v in metrics.items()}
             for key, value in metrics.items():  # a step without L0 leaves its sum and count as they are
                 epoch_sums[key] = epoch_sums.get(key, 0) + value
                 epoch_counts[key] = epoch_counts.get(key, 0) + 1
@@ -193,9 +262,11 @@ def train_sae(
             bar.update()
             if logged_step:  # the only host sync in the loop: one transfer of this step's numbers, averaged over
                 #              processes (so a NaN anywhere stops every process at the same step)
-                values = torch.stack([*metrics.values(), tracker.dead_F.float().mean()])
-                values = (accelerator.reduce(values, reduction="mean") if world > 1 else values).tolist()
-                logged = dict(zip([*metrics, "dead_fraction"], values))
+                values = _mean_over_processes(torch.cat([torch.stack(list(metrics.values())),
+                                                         error_spread_S2[position]]), accelerator).tolist()
+                ev = float(explained_variance(torch.tensor([values[-2:]])))
+                logged = dict(zip(metrics, values[:-2])) | {"explained_variance": ev,
+                                                            "dead_fraction": tracker.dead_F.float().mean().item()}
                 _require_finite(logged, cfg, what, step)
                 bar.set_postfix(mse=f"{logged['mse']:.4g}", l0=f"{logged['l0']:.1f}")
                 if log_fn is not None:
@@ -213,7 +284,14 @@ def train_sae(
     if ev is not None and ev < DIVERGED_EXPLAINED_VARIANCE:
         raise diverged(cfg, what, f"(explained variance {ev:.3g} on the training rows, below "
                                   f"{DIVERGED_EXPLAINED_VARIANCE:g}: reconstructions far worse than the rows' mean)")
-    stats = {k: (v / epoch_counts[k]).item() for k, v in epoch_sums.items()}
+    sums, error_spread = torch.stack(list(epoch_sums.values())), error_spread_S2
+    if world > 1:  # one collective: the last epoch's sums and per-step errors and spreads, over every process
+        flat = _mean_over_processes(torch.cat([sums, error_spread_S2.reshape(-1)]), accelerator)
+        sums, error_spread = flat[: len(sums)], flat[len(sums):].view_as(error_spread_S2)
+    stats = {k: (v / epoch_counts[k]).item() for k, v in zip(epoch_sums, sums)}
+    stats = {**{k: v for k, v in stats.items() if k != "l0"},
+             "explained_variance": explained_variance(error_spread).mean().item(),
+             **({"l0": stats["l0"]} if "l0" in stats else {})}
     return {**stats, "dead_fraction": tracker.dead_F.float().mean().item(), "dead_window": tracker.dead_after,
             "final_fit": final_fit, "degenerate": final_fit["dead_fraction"] == 1.0, "steps": step,
             "epochs": cfg.epochs}

@@ -72,27 +72,40 @@ def activation_problem(path: Path, ctx: RunContext) -> Optional[str]:
     return None
 
 
+def _write_activations(ctx: RunContext, cycle: int, path) -> Optional[str]:
+    """Main process: make sure `path` holds usable activations of model N, recomputing unusable ones. Returns
+    the one-line reason when model N's fresh activations are not finite (nothing is kept), else None."""
+    problem = activation_problem(path, ctx) if path.is_dir() else None
+    if problem is not None:
+        log.warning("cycle %d: cached activations unusable: %s; recomputing them", cycle, problem)
+        shutil.rmtree(path)
+    if not path.is_dir():
+        with ctx.timed("activations", cycle):
+            model = model_for_cycle(ctx, cycle)
+            collect_activations(model, ctx.splits, ctx.accelerator, ctx.cfg.eval_batch_size, path,
+                                dtype=ctx.cfg.activation_dtype, tokens=ctx.cfg.sae.token_level)
+        problem = activation_problem(path, ctx)
+        if problem is not None:
+            shutil.rmtree(path)
+            return (f"cycle {cycle}: the model of cycle {cycle} ({ctx.layout.model(cycle)}) gives unusable "
+                    f"activations ({problem}); its training diverged or it does not fit this data: retrain it with "
+                    "a lower learning rate")
+    return None
+
+
 def activations_for_cycle(ctx: RunContext, cycle: int) -> dict[str, SplitActivations]:
     if cycle in ctx.activation_cache:
         return ctx.activation_cache[cycle]
     path = ctx.layout.activations(cycle)
+    failure = None
     if ctx.accelerator.is_main_process:
-        problem = activation_problem(path, ctx) if path.is_dir() else None
-        if problem is not None:
-            log.warning("cycle %d: cached activations unusable: %s; recomputing them", cycle, problem)
-            shutil.rmtree(path)
-        if not path.is_dir():
-            with ctx.timed("activations", cycle):
-                model = model_for_cycle(ctx, cycle)
-                collect_activations(model, ctx.splits, ctx.accelerator, ctx.cfg.eval_batch_size, path,
-                                    dtype=ctx.cfg.activation_dtype, tokens=ctx.cfg.sae.token_level)
-            problem = activation_problem(path, ctx)
-            if problem is not None:
-                shutil.rmtree(path)
-                raise DivergenceError(f"cycle {cycle}: the model of cycle {cycle} ({ctx.layout.model(cycle)}) gives "
-                                      f"unusable activations ({problem}); its training diverged or it does not fit "
-                                      "this data: retrain it with a lower learning rate")
-    ctx.accelerator.wait_for_everyone()
+        failure = _write_activations(ctx, cycle, path)
+    if ctx.accelerator.num_processes > 1:  # every process stops on the main process's finding, none waits for it
+        from accelerate.utils import broadcast_object_list
+
+        failure = broadcast_object_list([failure], from_process=0)[0]
+    if failure is not None:
+        raise DivergenceError(failure)
     acts = load_activations(path)
     log.info("cycle %d: target-layer activations (%s) at %s", cycle,
              " / ".join(f"{len(a.labels_N)} {name}" + (f" ({len(a.tokens_TD)} tokens)" if a.tokens_TD is not None else "")

@@ -1,4 +1,5 @@
-"""Finding a stage's input artifacts: in this run folder, or imported once from an explicit `inputs.*` path."""
+"""Finding a stage's input artifacts: in this run folder, or imported once from an explicit `inputs.*` path
+(`inputs.sae` may also be a SAELens folder: sae/saelens_format.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sae_ception.errors import ArtifactError
 from sae_ception.models import Classifier, build_model, load_model, save_model
 from sae_ception.run import RunContext
 from sae_ception.sae import load_sae
+from sae_ception.sae.saelens_format import EXPECTED_FILES, load_any_sae, sae_folder_format, saelens_description
 from sae_ception.utils.io import checkpoint_exists, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,17 @@ def new_model(ctx: RunContext, pretrained_weights: bool = True) -> Classifier:
                        pretrained_weights=pretrained_weights)
 
 
-def _same_weights(a: Path, b: Path) -> bool:
-    state_a, _ = load_checkpoint(a)
-    state_b, _ = load_checkpoint(b)
+def _same_state(state_a: dict, state_b: dict) -> bool:
     return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    return _same_state(load_checkpoint(a)[0], load_checkpoint(b)[0])
+
+
+def _same_sae(source: Path, target: Path) -> bool:
+    """Whether the SAE in `source` (either format, as imported) has the weights of the checkpoint `target`."""
+    return _same_state(load_any_sae(source).state_dict(), load_checkpoint(target)[0])
 
 
 def _explicit(ctx: RunContext, value: Optional[str], cycle: int) -> Optional[Path]:
@@ -35,10 +44,11 @@ def _explicit(ctx: RunContext, value: Optional[str], cycle: int) -> Optional[Pat
     return Path(value) if value and cycle == ctx.cfg.cycle.current else None
 
 
-def _check_source(source: Path, target: Path, setting: str) -> None:
+def _check_source(source: Path, target: Path, setting: str, same: Callable[[Path, Path], bool] = _same_weights,
+                  expected: str = "a checkpoint folder (weights.safetensors + config.json)") -> None:
     if not source.exists():
-        raise ArtifactError(f"{setting}={source} does not exist; give a checkpoint folder (weights.safetensors + config.json)")
-    if checkpoint_exists(target) and not _same_weights(source, target):
+        raise ArtifactError(f"{setting}={source} does not exist; give {expected}")
+    if checkpoint_exists(target) and not same(source, target):
         raise ArtifactError(f"{setting}={source} differs from {target} already in this run; drop {setting} or use a new run_dir")
 
 
@@ -60,12 +70,21 @@ def require_sae(ctx: RunContext, cycle: int, setting: str = "cycle.current") -> 
     """Fail before any work unless SAE N is in the run folder or given as a fitting `inputs.sae`."""
     explicit = _explicit(ctx, ctx.cfg.inputs.sae, cycle)
     if explicit:
-        _check_source(explicit, ctx.layout.sae(cycle), "inputs.sae")
-        _check_sae_fits(ctx, load_sae(explicit), f"inputs.sae={explicit}")
+        _check_source(explicit, ctx.layout.sae(cycle), "inputs.sae", same=_same_sae, expected=f"a folder holding {EXPECTED_FILES}")
+        _check_sae_fits(ctx, _explicit_sae(explicit), f"inputs.sae={explicit}")
     elif not checkpoint_exists(ctx.layout.sae(cycle)):
         raise ArtifactError(
             f"{setting}={cycle}: no SAE for cycle {cycle} in {ctx.layout.root}; run scripts/train_sae.py first, or give inputs.sae=PATH"
         )
+
+
+def _explicit_sae(path: Path):
+    """The SAE of an `inputs.sae` folder (this product's checkpoint or a SAELens folder); a folder that is
+    neither, or damaged, is one ArtifactError naming the setting."""
+    try:
+        return load_any_sae(path)
+    except ArtifactError as ex:
+        raise ArtifactError(f"inputs.sae: {ex}") from None
 
 
 def _check_sae_fits(ctx: RunContext, sae, where: str) -> None:
@@ -105,8 +124,10 @@ def sae_for_cycle(ctx: RunContext, cycle: int):
     require_sae(ctx, cycle)
     target, explicit = ctx.layout.sae(cycle), _explicit(ctx, ctx.cfg.inputs.sae, cycle)
     if explicit:
-        _import_once(ctx, target, lambda: load_sae(explicit).save(target, extra={"imported_from": str(explicit.resolve())}),
-                     f"inputs.sae={explicit}")
+        extra, what = {"imported_from": str(explicit.resolve())}, f"inputs.sae={explicit}"
+        if sae_folder_format(explicit) == "saelens":
+            extra["format"], what = "saelens", f"{what} ({saelens_description(explicit)})"
+        _import_once(ctx, target, lambda: load_any_sae(explicit).save(target, extra=extra), what)
     sae = load_sae(target)
     _check_sae_fits(ctx, sae, str(target))
     return sae

@@ -1,4 +1,7 @@
-"""Stage 3: evaluate model N with SAE N on held-out data and write `results/cycle_N.json`.
+"""Stage 3: evaluate model N with SAE N on held-out data and write `results/cycle_N.json` (the test split).
+
+`evaluate_split` computes the same metric families on any split; a search's objective uses it on the
+validation split (stages/objective.py), so no test figure ever selects hyperparameters.
 
 The results file groups metrics by family (`performance`, `sae`, ...) so later metric families slot in
 as new keys; `flatten_metrics` gives the `family/name` keys used in wandb and tables.
@@ -21,7 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from sae_ception.errors import ArtifactError, DivergenceError
 from sae_ception.evaluation.performance import performance_metrics, spliced_logits
@@ -75,13 +81,13 @@ def undefine_code_metrics(families: dict[str, dict[str, float]]) -> dict[str, di
     return out
 
 
-def _check_finite(ctx: RunContext, cycle: int, family: str, values: dict[str, float], names: tuple[str, ...],
-                  culprit: str) -> None:
+def _check_finite(ctx: RunContext, cycle: int, split: str, family: str, values: dict[str, float],
+                  names: tuple[str, ...], culprit: str) -> None:
     """One line naming the first non-finite metric among `names` and what to train again (`culprit`)."""
     for name in names:
         value = values[name]
         if not math.isfinite(value):
-            raise _diverged(ctx, cycle, f"{family}/{name} is {value} on the {EVAL_SPLIT} split", culprit)
+            raise _diverged(ctx, cycle, f"{family}/{name} is {value} on the {split} split", culprit)
 
 
 def _diverged(ctx: RunContext, cycle: int, what: str, culprit: str) -> DivergenceError:
@@ -109,10 +115,78 @@ def auxiliary_family(ctx: RunContext, cycle: int) -> dict[str, dict[str, float]]
         return {}
 
 
+@dataclass
+class SplitEvaluation:
+    """Metrics of model N with SAE N on one split: metric families (`{"performance": {...}, "sae": {...}, ...}`,
+    undefined values NaN), per-unit arrays for plots (empty when no representation was evaluated), the
+    split's example count, whether the SAE is degenerate there (no latent fires), and warning lines."""
+
+    metrics: dict[str, dict[str, float]]
+    per_unit: dict[str, torch.Tensor]
+    num_examples: int
+    degenerate: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def evaluate_split(ctx: RunContext, cycle: int, split: str, performance: bool = True,
+                   representations: tuple[str, ...] = ("dense", "sae"), check_own_fit: bool = True) -> SplitEvaluation:
+    """Evaluate model N with SAE N on `split` ("val" or "test"; the activations cached for the cycle). Always
+    the SAE-quality family (`sae`); the `performance` family when asked (the model's logits from the cache and
+    a forward pass with the SAE spliced in); for each of `representations` ("dense": the target layer, "sae":
+    its SAE codes) the probe accuracy (fitted on the train split), monosemanticity and clustering families.
+    `check_own_fit`: also refuse an SAE that reconstructs its own training rows far worse than their mean.
+    Raises DivergenceError (one line, nothing written) when a loss or an SAE error is not finite."""
+    model, sae = model_for_cycle(ctx, cycle), sae_for_cycle(ctx, cycle)
+    activations = activations_for_cycle(ctx, cycle)
+    held_out, train = activations[split], activations["train"]
+    quality = sae_quality(sae, held_out.sae_rows(ctx.cfg.sae.token_level).to(ctx.accelerator.device))
+    _check_finite(ctx, cycle, split, "sae", quality, ("mse", "mse_normalized", "l0", "l1"), "SAE")
+    if check_own_fit:
+        own_fit = fit_on_training_rows(sae, train.sae_rows(ctx.cfg.sae.token_level))["explained_variance"]
+        if own_fit is not None and own_fit < DIVERGED_EXPLAINED_VARIANCE:  # the trainer's rule, for SAEs it did not train
+            raise _diverged(ctx, cycle, f"its explained variance on the training rows is {own_fit:.3g}, below "
+                                        f"{DIVERGED_EXPLAINED_VARIANCE:g}", "SAE")
+    metrics: dict[str, dict[str, float]] = {}
+    if performance:
+        metrics["performance"] = performance_metrics(
+            held_out.logits_NC,
+            spliced_logits(model, sae, getattr(ctx.splits, split).x, ctx.accelerator, ctx.cfg.eval_batch_size,
+                           ctx.cfg.sae.token_level),
+            held_out.labels_N,
+        )
+        if len(held_out.labels_N):
+            _check_finite(ctx, cycle, split, "performance", metrics["performance"], ("loss",), "model")
+            _check_finite(ctx, cycle, split, "performance", metrics["performance"], ("spliced_loss",), "SAE")
+    metrics["sae"] = quality
+    families, per_unit = {}, {}
+    if representations:
+        codes = {"dense": lambda acts: acts, "sae": lambda acts: encode_all(sae, acts)}
+        families, per_unit = representation_metrics(
+            train={rep: codes[rep](train.acts_ND) for rep in representations}, train_labels=train.labels_N,
+            test={rep: codes[rep](held_out.acts_ND) for rep in representations}, test_labels=held_out.labels_N,
+            seed=ctx.seed_for(cycle, "evaluate"),
+        )
+    degenerate = quality["dead_fraction"] == 1.0
+    warnings = []
+    if quality["explained_variance"] < 0:  # (False when undefined: NaN)
+        # not a stop: the trainer already refused SAEs that diverged on their training rows, so this is a poor fit
+        # to held-out data (a learning rate on the edge, an SAE trained on a handful of examples), reported as such
+        warnings.append(f"the SAE of cycle {cycle} reconstructs the {split} split worse than its mean "
+                        f"(explained variance {quality['explained_variance']:.3g})")
+        log.warning("cycle %d: %s", cycle, warnings[-1])
+    if degenerate:
+        families = undefine_code_metrics(families)
+        warnings.append(f"the SAE of cycle {cycle} is degenerate: none of its {sae.d_sae} latents fires on the "
+                        f"{split} split; its code-based metrics are undefined (null)")
+        log.warning("cycle %d: %s", cycle, warnings[-1])
+    return SplitEvaluation({**metrics, **families}, per_unit, len(held_out.labels_N), degenerate, warnings)
+
+
 def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[str, Any]:
-    """Results of cycle N; an existing results file is reused unless `recompute` (scripts/evaluate.py).
-    A damaged or missing results or unit-scores file is recomputed (both derive from the checkpoints). Raises DivergenceError (nothing
-    written) when the model's or the SAE's numbers are not finite."""
+    """Results of cycle N on the test split (`results/cycle_N.json`); an existing results file is reused unless
+    `recompute` (scripts/evaluate.py). A damaged or missing results or unit-scores file is recomputed (both
+    derive from the checkpoints). Raises DivergenceError (nothing written) when the model's or the SAE's
+    numbers are not finite."""
     path = ctx.layout.results(cycle)
     if path.is_file() and not recompute:
         try:
@@ -126,58 +200,23 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
             return results
     seed_everything(ctx.seed_for(cycle, "evaluate"))
     started = time.perf_counter()
-    model, sae = model_for_cycle(ctx, cycle), sae_for_cycle(ctx, cycle)
-    activations = activations_for_cycle(ctx, cycle)
-    held_out, train = activations[EVAL_SPLIT], activations["train"]
-    split = getattr(ctx.splits, EVAL_SPLIT)
-    quality = sae_quality(sae, held_out.sae_rows(ctx.cfg.sae.token_level).to(ctx.accelerator.device))
-    _check_finite(ctx, cycle, "sae", quality, ("mse", "mse_normalized", "l0", "l1"), "SAE")
-    own_fit = fit_on_training_rows(sae, train.sae_rows(ctx.cfg.sae.token_level))["explained_variance"]
-    if own_fit is not None and own_fit < DIVERGED_EXPLAINED_VARIANCE:  # the trainer's rule, for SAEs it did not train
-        raise _diverged(ctx, cycle, f"its explained variance on the training rows is {own_fit:.3g}, below "
-                                    f"{DIVERGED_EXPLAINED_VARIANCE:g}", "SAE")
-    performance = performance_metrics(
-        held_out.logits_NC,
-        spliced_logits(model, sae, split.x, ctx.accelerator, ctx.cfg.eval_batch_size, ctx.cfg.sae.token_level),
-        held_out.labels_N,
-    )
-    if len(held_out.labels_N):
-        _check_finite(ctx, cycle, "performance", performance, ("loss",), "model")
-        _check_finite(ctx, cycle, "performance", performance, ("spliced_loss",), "SAE")
-    families, per_unit = representation_metrics(
-        train={"dense": train.acts_ND, "sae": encode_all(sae, train.acts_ND)}, train_labels=train.labels_N,
-        test={"dense": held_out.acts_ND, "sae": encode_all(sae, held_out.acts_ND)}, test_labels=held_out.labels_N,
-        seed=ctx.seed_for(cycle, "evaluate"),
-    )
-    degenerate = quality["dead_fraction"] == 1.0
-    warnings = []
-    if quality["explained_variance"] < 0:  # (False when undefined: NaN)
-        # not a stop: the trainer already refused SAEs that diverged on their training rows, so this is a poor fit
-        # to held-out data (a learning rate on the edge, an SAE trained on a handful of examples), reported as such
-        warnings.append(f"the SAE of cycle {cycle} reconstructs the {EVAL_SPLIT} split worse than its mean "
-                        f"(explained variance {quality['explained_variance']:.3g})")
-        log.warning("cycle %d: %s", cycle, warnings[-1])
-    if degenerate:
-        families = undefine_code_metrics(families)
-        warnings.append(f"the SAE of cycle {cycle} is degenerate: none of its {sae.d_sae} latents fires on the "
-                        f"{EVAL_SPLIT} split; its code-based metrics are undefined (null)")
-        log.warning("cycle %d: %s", cycle, warnings[-1])
-    metrics = {"performance": performance, "sae": quality, **families, **auxiliary_family(ctx, cycle)}
+    evaluation = evaluate_split(ctx, cycle, EVAL_SPLIT)
+    metrics = {**evaluation.metrics, **auxiliary_family(ctx, cycle)}
     results = {
         "cycle": cycle,
         "split": EVAL_SPLIT,
-        "num_examples": len(held_out.labels_N),
+        "num_examples": evaluation.num_examples,
         "model": str(ctx.layout.model(cycle)),
         "sae": str(ctx.layout.sae(cycle)),
-        "sae_degenerate": degenerate,
-        "warnings": warnings,
+        "sae_degenerate": evaluation.degenerate,
+        "warnings": evaluation.warnings,
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 3),
     }
     if ctx.accelerator.is_main_process:
-        save_tensors(ctx.layout.unit_scores(cycle), per_unit)  # before the JSON, which marks the cycle done
+        save_tensors(ctx.layout.unit_scores(cycle), evaluation.per_unit)  # before the JSON, which marks the cycle done
         write_json(path, results)
     if ctx.tracker is not None:
         ctx.tracker.log_cycle(cycle, flatten_metrics(metrics))
-    log.info(summary_line(cycle, metrics, degenerate))
+    log.info(summary_line(cycle, metrics, evaluation.degenerate))
     return results

@@ -24,8 +24,9 @@ from transformers import get_scheduler
 from sae_ception.models import Classifier
 from sae_ception.training.auxiliary_loss import aux_loss_fn
 from sae_ception.evaluation.performance import accuracy_and_loss
-from sae_ception.utils.batching import (example_lengths, inference_batches, num_batches, shuffled_batches, take,
-                                       to_device)
+from sae_ception.utils.batching import (Share, example_lengths, inference_batches, num_batches, process_shares,
+                                       shuffled_batches, take, to_device)
+from sae_ception.utils.distributed import check_rows_per_process
 from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ClassifierSchedule:
     epochs: int
-    batch_size: int  # examples per optimiser step
+    batch_size: int  # examples per optimiser step, over all processes (global: utils/batching.py)
     lr: float
     weight_decay: float = 0.0
     keep_best: bool = True
@@ -184,13 +185,19 @@ def train_classifier(
     """AdamW over the chosen parameters, with LR warmup and decay, gradient accumulation and clipping;
     returns the best-by-validation (or last) model and a history.
 
+    `schedule.batch_size` is global: every process draws the same batches and computes its share of each
+    (utils/batching.py), so the steps are those of one process up to floating-point order.
+
     Raises DivergenceError, one line naming `what` (default: "<stage> training"), the epoch and `lr_setting`
     (the setting that gave `schedule.lr`), when an epoch's mean training losses or its validation loss are
-    not finite, or a weight is not finite at the end."""
+    not finite, or a weight is not finite at the end; ConfigError when a (micro-)batch has fewer rows than
+    there are processes."""
     what = what or f"{stage} training"
+    rank, world = accelerator.process_index, accelerator.num_processes
+    check_rows_per_process(schedule.batch_size, schedule.gradient_accumulation_steps, world, "model.batch_size")
     params = select_trainable(model, list(trainable))
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size, accelerator.num_processes)
+    n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size)
     total_steps = max(1, steps_per_epoch * schedule.epochs)
     scheduler = get_scheduler(schedule.lr_schedule, optimizer, num_warmup_steps=int(schedule.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -204,33 +211,27 @@ def train_classifier(
     keep_best = schedule.keep_best and len(val.y) > 0  # with no validation data, keep the last epoch
     best = {"val_accuracy": -1.0, "epoch": -1, "state": None}
     history: list[dict] = []
-    bar = progress_bar(schedule.epochs, stage, show_progress, unit="epochs")
+    bar = progress_bar(schedule.epochs, stage, show_progress and accelerator.is_main_process, unit="epochs")
     step = 0
     for epoch in range(schedule.epochs):
         model.train()
-        epoch_sums: dict[str, torch.Tensor] = {}  # summed on the device; one host sync per epoch
-        for idx in shuffled_batches(n, schedule.batch_size, generator, accelerator.process_index, accelerator.num_processes,
+        epoch_sums: dict[str, torch.Tensor] = {}  # this process's parts of the step means; one host sync per epoch
+        for idx in shuffled_batches(n, schedule.batch_size, generator,
                                     lengths=example_lengths(train.x) if schedule.group_by_length else None):
-            micro_batches = idx.split(micro_size)
-            losses = {}
-            for position, micro_idx in enumerate(micro_batches):
-                share = len(micro_idx) / len(idx)  # each micro-batch's part of the step's mean loss
-                syncing = position == len(micro_batches) - 1
-                with (contextlib.nullcontext() if syncing else accelerator.no_sync(model)):
-                    micro_losses = _forward_losses(model, raw_model, take(train.x, micro_idx), train.y[micro_idx],
-                                                   micro_idx, targets_ND, center_D, aux, device, accelerator)
-                    accelerator.backward(micro_losses["loss"] * share)
-                losses = {k: losses.get(k, 0.0) + v.detach() * share for k, v in micro_losses.items()}
+            losses = _step(model, raw_model, train, process_shares(idx, rank, world, micro_size), targets_ND,
+                           center_D, aux, accelerator)
             if schedule.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(params, schedule.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss = losses.pop("loss")
             step += 1
-            epoch_sums = {k: epoch_sums.get(k, 0.0) + v.detach() for k, v in losses.items()}
-            if log_fn is not None and (step % 10 == 0 or step == steps_per_epoch * schedule.epochs):
-                log_fn({k: v.item() for k, v in losses.items()} | {"loss": loss.item(), "epoch": epoch}, step)
+            epoch_sums = {k: epoch_sums.get(k, 0.0) + v for k, v in losses.items() if k != "loss"}
+            logged_step = step % 10 == 0 or step == steps_per_epoch * schedule.epochs
+            if logged_step and (log_fn is not None or world > 1):  # with several processes, every one reduces
+                logged = _over_processes(losses, accelerator)
+                if log_fn is not None:
+                    log_fn(logged | {"epoch": epoch}, step)
         val_metrics = evaluate_classifier(raw_model, val, accelerator, eval_batch_size)
         train_means = _epoch_means(epoch_sums, steps_per_epoch, accelerator)
         _require_finite({**train_means, "val_loss": val_metrics["loss"]}, what, lr_setting, schedule.lr,
@@ -267,14 +268,38 @@ def train_classifier(
     return model, {"history": history, "kept_epoch": kept_epoch, "steps": step, "examples_seen": schedule.epochs * n}
 
 
+def _step(model, raw_model: Classifier, train: Split, shares: list[Share], targets_ND, center_D,
+          aux: Optional[AuxiliaryTargets], accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Forward and backward over this process's shares of one global batch (one per micro-batch), leaving the
+    gradient of the global batch's mean loss in `.grad` once DDP has averaged it over processes: each share's
+    mean loss is weighted by `share.weight / world` of the step (its rows' part of the batch). Gradients are
+    synchronised on the last share only. Returns this process's part of each loss's batch mean (device scalars);
+    the sum of the parts over processes is the mean over the global batch."""
+    world, losses = accelerator.num_processes, {}
+    for position, share in enumerate(shares):
+        syncing = position == len(shares) - 1
+        with (contextlib.nullcontext() if syncing else accelerator.no_sync(model)):
+            micro_losses = _forward_losses(model, raw_model, take(train.x, share.rows), train.y[share.rows],
+                                           share.rows, targets_ND, center_D, aux, accelerator.device, accelerator)
+            accelerator.backward(micro_losses["loss"] * share.weight)
+        losses = {k: losses.get(k, 0.0) + v.detach() * (share.weight / world) for k, v in micro_losses.items()}
+    return losses
+
+
+def _over_processes(parts: dict[str, torch.Tensor], accelerator: Accelerator) -> dict[str, float]:
+    """Sum each value over processes (one collective; every process must call it) and bring it to the host."""
+    values = torch.stack(list(parts.values()))
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="sum")
+    return dict(zip(parts, values.tolist()))
+
+
 def _epoch_means(epoch_sums: dict[str, torch.Tensor], steps: int, accelerator: Accelerator) -> dict[str, float]:
-    """`train_<loss>`: the epoch's mean of each loss, averaged over processes (one host sync), so a NaN on any
-    process stops every process in the same epoch."""
+    """`train_<loss>`: the epoch's mean of each loss over its steps, each step's the mean over the global batch
+    (one host sync, on every process), so a NaN on any process stops every process in the same epoch."""
     if not epoch_sums:
         return {}
-    sums = torch.stack(list(epoch_sums.values()))
-    sums = accelerator.reduce(sums, reduction="mean") if accelerator.num_processes > 1 else sums
-    return {f"train_{k}": v / steps for k, v in zip(epoch_sums, sums.tolist())}
+    return {f"train_{k}": v / steps for k, v in _over_processes(epoch_sums, accelerator).items()}
 
 
 def _diverged(what: str, lr_setting: str, lr: float, how: str) -> DivergenceError:

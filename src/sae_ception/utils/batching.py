@@ -1,6 +1,11 @@
-"""Mini-batches over in-memory inputs: shuffled row indices (seeded, sharded per process) and row selection
-that works the same for a feature matrix (MLP) and a dict of token tensors (transformers)."""
+"""Mini-batches over in-memory inputs: shuffled row indices (seeded), each process's share of a batch, and row
+selection that works the same for a feature matrix (MLP) and a dict of token tensors (transformers).
 
+Batch sizes are global: `batch_size` rows per optimiser step over all processes. Every process draws the same
+batches as a single process would (`shuffled_batches`) and computes its `process_shares` of each, with weights
+that make the gradient averaged over processes the single-process batch mean (up to floating-point order)."""
+
+from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 import torch
@@ -9,18 +14,18 @@ Inputs = Union[torch.Tensor, dict[str, torch.Tensor]]  # one split's model input
 
 
 def shuffled_batches(
-    n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1,
-    lengths: Optional[torch.Tensor] = None, group_batches: int = 50,
+    n: int, batch_size: int, generator: torch.Generator, lengths: Optional[torch.Tensor] = None,
+    group_batches: int = 50,
 ) -> Iterator[torch.Tensor]:
-    """Yield index batches of one epoch. With several processes each takes its own equal-length shard.
+    """Yield the row-index batches [<= batch_size] of one epoch over n rows: every row exactly once, the last
+    batch short when batch_size does not divide n. These are global batches: with several processes every
+    process draws the same ones from an identically seeded `generator` and computes its `process_shares`.
 
     With `lengths` (tokens per example), examples are grouped by length the way Hugging Face's
     `group_by_length` does: the shuffled order is cut into groups of `group_batches` batches, each group is
     sorted by length and cut into batches, and the batches are shuffled. Batches then hold texts of
     similar length, so little compute goes to padding, while the epoch stays randomly ordered."""
     perm = torch.randperm(n, generator=generator)
-    if world_size > 1:
-        perm = perm[: n - n % world_size][rank::world_size]
     if lengths is None:
         yield from perm.split(batch_size)
         return
@@ -32,9 +37,40 @@ def shuffled_batches(
         yield batches[position]
 
 
-def num_batches(n: int, batch_size: int, world_size: int = 1) -> int:
-    per_process = n // world_size if world_size > 1 else n
-    return -(-per_process // batch_size)
+def num_batches(n: int, batch_size: int) -> int:
+    """Optimiser steps per epoch over n rows: ceil(n / batch_size), whatever the number of processes."""
+    return -(-n // batch_size)
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one process computes of one (micro-)batch: `rows` (indices into the split) and `weight`, the factor
+    on its mean loss over those rows. weight = len(rows) * world / rows in the whole global batch, so that the
+    mean over processes of weight * (gradient of the mean loss over `rows`) is the gradient of the mean loss
+    over the global batch: DDP and the SAE trainer average gradients over processes. A process with no row in a
+    micro-batch still takes part in its collectives: it gets the micro-batch's first row with weight 0."""
+
+    rows: torch.Tensor
+    weight: float
+
+
+def process_shares(batch: torch.Tensor, rank: int = 0, world_size: int = 1,
+                   micro_size: Optional[int] = None) -> list[Share]:
+    """This process's part of one global batch of row indices [B]: the batch is cut into micro-batches of
+    `micro_size` rows (None: one micro-batch) exactly as a single process would, and the process takes rows
+    rank, rank + world_size, ... of each. Every process gets the same number of shares (one per micro-batch),
+    so collectives stay matched; over all processes and shares every row of `batch` appears once and the
+    weights sum to world_size (each micro-batch's weights to world_size * its rows / B).
+
+    Raises ValueError for an empty batch, a rank outside [0, world_size) or micro_size < 1."""
+    if len(batch) == 0 or not 0 <= rank < world_size or (micro_size is not None and micro_size < 1):
+        raise ValueError(f"process_shares needs a non-empty batch, 0 <= rank < world_size and micro_size >= 1 "
+                         f"(got {len(batch)} rows, rank {rank}, world_size {world_size}, micro_size {micro_size})")
+    shares = []
+    for micro in batch.split(micro_size or len(batch)):
+        rows = micro[rank::world_size]
+        shares.append(Share(rows, len(rows) * world_size / len(batch)) if len(rows) else Share(micro[:1], 0.0))
+    return shares
 
 
 def take(inputs: Inputs, rows) -> Inputs:

@@ -7,13 +7,40 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sae_ception.utils.io import naming_failed_writes, write_text
 
 log = logging.getLogger(__name__)
 
 STAGES = ("baseline", "sae", "auxiliary")
+MAX_GROUP = 128  # wandb's limit on a group name
+GROUP_FILE = "wandb_group.txt"  # the group a run logged to (the sweep's when derived), for scripts/compare.py --wandb
+
+
+def sweep_group() -> Optional[str]:
+    """The name of the --multirun sweep this job belongs to, None outside one: the sweep folder relative to the
+    folder the sweep was launched from (`multirun/2026-11-30/05-12-00`; the absolute path when it lies
+    elsewhere), its last MAX_GROUP characters when longer. Every job of a sweep gets the same name, in whatever
+    process or machine it runs (the launcher hands each job the sweep's hydra config)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra = HydraConfig.get()
+    folder, launched = Path(str(hydra.sweep.dir)), Path(str(hydra.runtime.cwd))
+    folder = folder if folder.is_absolute() else launched / folder
+    try:
+        name = str(folder.resolve().relative_to(launched.resolve()))
+    except ValueError:
+        name = str(folder.resolve())
+    return name[-MAX_GROUP:]
+
+
+def run_group(wandb_cfg) -> Optional[str]:
+    """The wandb group of this run: `wandb.group` when set, else the sweep's name inside a --multirun sweep."""
+    return wandb_cfg.group if wandb_cfg.group is not None else sweep_group()
 
 
 class Tracker:
@@ -30,10 +57,16 @@ class Tracker:
         id_file = run_dir / "wandb_run_id.txt"  # a resumed run keeps logging into the same wandb run
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         write_text(id_file, run_id + "\n")
+        group = run_group(wandb_cfg)
+        if group is not None:
+            write_text(run_dir / GROUP_FILE, group + "\n")
+            config = {**config, "wandb": {**config.get("wandb", {}), "group": group}}  # the group actually used
+            log.info("wandb group: %s%s", group, "" if wandb_cfg.group is not None else " (this sweep's; "
+                     "wandb.group=... sets another)")
         self.run = wandb.init(
             project=wandb_cfg.project,
             entity=wandb_cfg.entity,
-            group=wandb_cfg.group,
+            group=group,
             name=wandb_cfg.name,
             tags=list(wandb_cfg.tags) or None,
             mode=wandb_cfg.mode,
@@ -86,6 +119,14 @@ class Tracker:
         with naming_failed_writes(self.files):
             self.run.log({f"{prefix}{feature}": wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
                           for feature, (png, caption) in cards.items()})
+
+    def log_objective(self, metric: str, value: Optional[float], split: str, cycle: int) -> None:
+        """A search's objective (stages/objective.py) in the run's summary: `objective/value` (None: undefined),
+        `objective/metric`, `objective/split`, `objective/cycle`."""
+        if self.run is not None:
+            with naming_failed_writes(self.files):
+                self.run.summary.update({"objective/value": value, "objective/metric": metric,
+                                         "objective/split": split, "objective/cycle": cycle})
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
