@@ -15,6 +15,11 @@
 # DEVICE_CHECK_DRY_RUN=1 runs the same steps on the CPU at toy sizes (no bf16, MiniLM skipped): it checks
 # the script's plumbing where no GPU is at hand (tests/test_device_check.py); its figures mean nothing.
 set -uo pipefail
+# OUT and SST2_DIR are read relative to the folder the script is called from, as a user expects
+caller="$(pwd)"
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$caller/$1" ;; esac; }
+[ -n "${OUT:-}" ] && OUT="$(absolute "$OUT")"
+[ -n "${SST2_DIR:-}" ] && SST2_DIR="$(absolute "$SST2_DIR")"
 cd "$(dirname "$0")/.."
 
 device=cuda precision=bf16 default_extra=() throughput_size=(--rows 1048576 --d-in 512 --d-sae 8192 --batch 4096)

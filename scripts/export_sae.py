@@ -6,36 +6,29 @@
 
 Settings (key=value; not a Hydra app):
     run_dir    the run folder (required)
-    cycle      which cycle's SAE (default: the last one that has an SAE)
-    out        the folder to write (default: <run_dir>/saelens/sae_cycle_<cycle>); written atomically
-    overwrite  true: replace an `out` that is not empty (default: false, which refuses)
+    cycle      which cycle's SAE, written plainly: 0, 1, 2, ... (default: the last one that has an SAE)
+    out        the folder to write (default: <run_dir>/saelens/sae_cycle_<cycle>); written atomically. Never the
+               run folder, a folder holding it, or a place inside it other than <run_dir>/saelens/
+    overwrite  true: replace an `out` that is a SAELens folder (cfg.json + sae_weights.safetensors and nothing
+               else); any other non-empty folder is never replaced (default: false, which refuses any)
 
 The SAE's input normalisation is folded into the weights, so SAELens's encode/decode on raw activations give
 this product's codes and reconstructions (sae/saelens_format.py says how). cfg.json's `metadata` records the
 model, the module whose output the SAE reads (`hook_name`; `hf_hook_name` inside the Hugging Face model),
-and under `sae_ception` the run, the cycle, the pooling and the product's SAE settings. A bad setting, a
-missing or damaged file is one line and exit status 2.
+and under `sae_ception` the run, the cycle, the pooling and the product's SAE settings (sae/saelens_export.py).
+A bad setting, a missing or damaged file, an `out` that cannot or may not be written, and a write that fails
+are one line and exit status 2.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
-from omegaconf import OmegaConf
 
 from sae_ception.cli import LOG_FORMAT, write_error_line
-from sae_ception.config_file import read_run_config
-from sae_ception.errors import ArtifactError, ConfigError, SAECeptionError
-from sae_ception.models import MODELS, build_model
-from sae_ception.run import RunLayout
-from sae_ception.sae import load_sae
-from sae_ception.sae.saelens_format import EXPORT_SPECS, write_saelens_folder
-from sae_ception.utils.io import checkpoint_exists
+from sae_ception.errors import ConfigError, SAECeptionError
+from sae_ception.sae.saelens_export import export_sae
 
 log = logging.getLogger("sae_ception")
 
@@ -43,7 +36,7 @@ SETTINGS = {
     "run_dir": "the run folder",
     "cycle": "the cycle whose SAE is written (default: the last with an SAE)",
     "out": "the folder to write (default: <run_dir>/saelens/sae_cycle_<cycle>)",
-    "overwrite": "true|false: replace a non-empty `out` (default false)",
+    "overwrite": "true|false: replace an `out` that is a SAELens folder (default false)",
 }
 
 
@@ -63,99 +56,18 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return args
 
 
-def sae_cycles(layout: RunLayout) -> list[int]:
-    """The cycles whose SAE checkpoint is in the run folder, in order."""
-    found = layout.root.glob("checkpoints/sae_cycle_*")
-    return sorted(int(p.name.rsplit("_", 1)[1]) for p in found if p.name.rsplit("_", 1)[1].isdigit() and checkpoint_exists(p))
-
-
-def choose_cycle(layout: RunLayout, value: Optional[str]) -> int:
-    have = sae_cycles(layout)
-    if value is None:
-        if not have:
-            raise ArtifactError(f"run_dir={layout.root} holds no SAE (checkpoints/sae_cycle_N); run scripts/train_cycle.py "
-                                "or scripts/train_sae.py first")
-        return have[-1]
-    if not value.isdigit():
-        raise ConfigError(f"cycle={value!r} must be a cycle number (cycles with an SAE: {have or 'none'})")
-    if int(value) not in have:
-        raise ArtifactError(f"cycle={value}: {layout.root} holds no SAE for cycle {value} (cycles with an SAE: "
-                            f"{have or 'none'})")
-    return int(value)
-
-
-def target_description(model_settings: dict[str, Any]) -> dict[str, Any]:
-    """Where the SAE's activations come from: the classifier is built from its config on the meta device (no
-    weights read, no memory) to name the target module. `hook_name`: its path in the product's classifier
-    (its output is read); `hf_hook_name`: its path inside the Hugging Face model, for transformers; `pooling`:
-    how tokens become one row per example (None for the MLP)."""
-    config_class = MODELS.get(model_settings.get("name", "")).config_class
-    try:
-        model_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_class), model_settings))
-    except Exception as ex:  # noqa: BLE001 - OmegaConf's validation errors, as one line
-        raise ArtifactError(f"the run's model settings cannot be read ({' '.join(str(ex).split())[:160]})") from None
-    with torch.device("meta"):
-        model = build_model(model_cfg, input_dim=1, num_classes=2, pretrained_weights=False)
-    names = {id(module): name for name, module in model.named_modules()}
-    described = {"hook_name": names[id(model.target_module())], "target_layer": model.target_index,
-                 "pooling": getattr(model, "pooling", None)}
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None:
-        described["hf_hook_name"] = {id(m): n for n, m in backbone.named_modules()}[id(model.target_module())]
-    return described
-
-
-def export_metadata(run_cfg: dict[str, Any], run_dir: Path, cycle: int, sae) -> dict[str, Any]:
-    """cfg.json's `metadata`: SAELens's model_name / hook_name (/ hf_hook_name) and this product's record."""
-    model, sae_settings = run_cfg.get("model") or {}, run_cfg.get("sae") or {}
-    target = target_description(model)
-    token_level = bool(sae_settings.get("token_level", False)) and target["pooling"] is not None
-    meta = {"model_name": model.get("pretrained") or model.get("name"), "hook_name": target["hook_name"]}
-    if "hf_hook_name" in target:
-        meta["hf_hook_name"] = target["hf_hook_name"]
-    meta["sae_ception"] = {
-        "run_dir": str(run_dir.resolve()), "cycle": cycle, "dataset": (run_cfg.get("dataset") or {}).get("name"),
-        "model": {"name": model.get("name"), "pretrained": model.get("pretrained")},
-        "target_layer": target["target_layer"], "pooling": target["pooling"], "token_level": token_level,
-        "rows": "one per non-padding token" if token_level else "one per example" + (
-            f" ({target['pooling']} pooling over tokens)" if target["pooling"] else ""),
-        "sae_type": sae.registry_name, "sae_config": asdict(sae.cfg),
-        "folded": "the input normalisation is folded into the weights (normalize_activations none)",
-    }
-    return meta
-
-
-def choose_out(layout: RunLayout, cycle: int, value: Optional[str], overwrite: bool) -> Path:
-    out = Path(value) if value else layout.root / "saelens" / f"sae_cycle_{cycle}"
-    if out.is_file():
-        raise ConfigError(f"out={out} is a file; give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"out={out} exists and is not empty; give another out, or overwrite=true to replace it")
-    return out
-
-
 def export(args: dict[str, str]) -> Path:
-    """Check every setting and file, then write the folder. SAECeptionError (one line) before any write."""
+    """Check every setting and file, then write the folder (sae/saelens_export.py). SAECeptionError (one line)
+    before any write; the folder written."""
     overwrite = args.get("overwrite", "false").lower()
     if overwrite not in ("true", "false"):
         raise ConfigError(f"overwrite={args['overwrite']!r} must be true or false")
-    layout = RunLayout(Path(args["run_dir"]))
-    if not layout.root.is_dir():
-        raise ArtifactError(f"run_dir={layout.root} does not exist; give a run folder made by scripts/train_cycle.py")
-    if not layout.config.is_file():
-        raise ArtifactError(f"run_dir={layout.root} holds no config.yaml; give a run folder made by scripts/train_cycle.py")
-    cycle = choose_cycle(layout, args.get("cycle"))
-    out = choose_out(layout, cycle, args.get("out"), overwrite == "true")
-    sae = load_sae(layout.sae(cycle))
-    if sae.registry_name not in EXPORT_SPECS:
-        raise ConfigError(f"cycle {cycle}'s SAE is of type {sae.registry_name!r}, which SAELens has no architecture for; "
-                          f"supported: {', '.join(EXPORT_SPECS)}")
-    metadata = export_metadata(read_run_config(layout.config), layout.root, cycle, sae)
-    write_saelens_folder(sae, out, metadata)
+    done = export_sae(Path(args["run_dir"]), args.get("cycle"), args.get("out"), overwrite == "true")
+    sae = done.sae
     log.info("wrote %s: cycle %d's %s SAE (%d -> %d) of %s as a SAELens %s SAE; load it with "
-             "sae_lens.SAE.load_from_disk(%r)", out, cycle, sae.registry_name, sae.d_in, sae.d_sae, layout.root,
-             EXPORT_SPECS[sae.registry_name].architecture, str(out))
-    return out
+             "sae_lens.SAE.load_from_disk(%r)", done.out, done.cycle, sae.registry_name, sae.d_in, sae.d_sae,
+             args["run_dir"], done.architecture, str(done.out))
+    return done.out
 
 
 def main(argv: list[str]) -> None:
@@ -165,7 +77,7 @@ def main(argv: list[str]) -> None:
     except SAECeptionError as ex:
         log.error("error: %s", ex)
         sys.exit(2)
-    except OSError as ex:  # a full disk, a read-only folder: one line (anything else is a bug: traceback)
+    except OSError as ex:  # reading the run failed (the write's own errors are OutputError): one line if known
         line = write_error_line(ex)
         if line is None:
             raise

@@ -11,8 +11,10 @@ With `objective=family/name` the run ends by measuring that metric of its last c
 (results/objective.json); main returns it, which is what Hydra's Optuna sweeper optimises. An undefined value
 is returned as None, not NaN: hydra-optuna-sweeper 1.3 with Optuna 2.10 stops the whole search with a traceback
 on NaN ("Values cannot be specified when state is TrialState.FAIL"), while None makes the trial FAILED and the
-search go on. A search in which no trial completed, or a SLURM sweep started where there is no SLURM, ends with
-one line and exit status 2 (sweep_errors.py), not a traceback.
+search go on. A search in which no trial completed, invalid Optuna sweeper settings (a direction in another case,
+several directions, n_trials=0: refused before the study is created), an override of an entry of
+hydra.sweeper.params, or a SLURM sweep started where there is no SLURM, ends with one line and exit status 2
+(sweep_errors.py), not a traceback. Only this script measures an objective: the others refuse `objective`.
 """
 
 import math

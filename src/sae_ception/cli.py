@@ -273,9 +273,51 @@ def write_error_line(ex: OSError) -> Optional[str]:
            "permissions, then rerun the same command to resume"
 
 
+def exit_refused() -> None:
+    """Exit with code 2 (the user's error, already printed), leaving a gloo process group (CPU) first: a process
+    that exits while its gloo group is alive may abort in the group's destructor once the others are gone
+    (`terminate called without an active exception`, SIGABRT instead of exit code 2). A GPU (NCCL) group is left
+    to the process's exit: tearing it down may wait for peers still in a collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        with contextlib.suppress(Exception):  # the exit code, not a failed clean-up, is what the user needs
+            dist.destroy_process_group()
+    sys.exit(2)
+
+
+def agreed_refusal(accelerator, refusal: Optional[SAECeptionError]) -> Optional[SAECeptionError]:
+    """The error this process stops with before the run starts (None: it starts), given its own preflight
+    `refusal`. With one process, `refusal` itself. With several, one collective (every process must call it)
+    shares every process's refusal, so all stop when one does: a refusal the same as rank 0's is printed by rank 0
+    alone; one that differs (say a file only one machine lacks) is marked `own_error` and printed by its process
+    too; a process that passed stops with an error naming the processes that refused (printed by rank 0 if it
+    passed). Errors before the run starts are otherwise found alike by every process, from the same settings."""
+    if accelerator.num_processes == 1:
+        return refusal
+    from accelerate.utils import gather_object
+
+    lines = gather_object([None if refusal is None else f"{type(refusal).__name__}: {refusal}"])
+    if refusal is not None:
+        refusal.own_error = lines[accelerator.process_index] != lines[0]
+        return refusal
+    refused = [rank for rank, line in enumerate(lines) if line is not None]
+    if not refused:
+        return None
+    return SAECeptionError(f"process{'es' if len(refused) > 1 else ''} {', '.join(map(str, refused))} of "
+                           f"{accelerator.num_processes} refused to start (the error printed with "
+                           f"{', '.join(f'[rank {r}]' for r in refused)}); this process passed the same checks")
+
+
 def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None, from_run_folder: bool = False,
              log_name: Optional[str] = None) -> Any:
-    claim = None
+    """Validate, claim the run folder, check every input (`preflight`), then run `task` with the run's log file
+    open. Exits with code 2 after one `error: ...` line for the user's errors (SAECeptionError, a failed write):
+    an error found before the task starts is the same on every process and printed by rank 0 only (or by the
+    process whose own it is, `agreed_refusal`); one raised while the task runs is printed by every process that
+    raises it, other ranks' lines prefixed `[rank N]`, except a divergence (losses are reduced over processes:
+    all see it alike)."""
+    claim, started = None, False
     try:
         overrides = command_line_overrides(hydra_cfg)
         if from_run_folder:
@@ -289,11 +331,18 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         ctx = RunContext(cfg, accelerator)
         claim = _claim(ctx, folder, fresh)  # another live process on this folder: refused here
         try:
-            check_resumable(ctx.layout, cfg)  # under the lock: what the folder holds cannot change now
-            check_artifacts(ctx.layout)
-            ctx.splits  # data problems surface here, before anything is written
-            if preflight is not None:
-                preflight(ctx)
+            refusal = None
+            try:
+                check_resumable(ctx.layout, cfg)  # under the lock: what the folder holds cannot change now
+                check_artifacts(ctx.layout)
+                ctx.splits  # data problems surface here, before anything is written
+                if preflight is not None:
+                    preflight(ctx)
+            except SAECeptionError as ex:
+                refusal = ex
+            refusal = agreed_refusal(accelerator, refusal)  # one process refuses: every one stops
+            if refusal is not None:
+                raise refusal
         except BaseException:  # refused (or crashed) before the run started: leave no folder or lock behind
             claim.abandon()
             raise
@@ -308,6 +357,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
             ctx.tracker = Tracker(cfg.wandb, ctx.layout.root, config=asdict(cfg)) if accelerator.is_main_process else None
             exit_code = 1
             try:
+                started = True  # from here an error may be one process's own: every process prints its errors
                 result = task(ctx)
                 exit_code = 0
                 return result
@@ -320,18 +370,18 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         reuse = f"; inputs.model={ctx.layout.model(models[-1])} starts it from this run's model {models[-1]}" if models else ""
         if process_rank() == 0:  # found on every process alike (training losses are reduced across processes)
             log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
-        sys.exit(2)
+        exit_refused()
     except SAECeptionError as ex:
         _drop_empty_sweep_job_folder()
-        if process_rank() == 0 or not isinstance(ex, ConfigError):  # a bad setting is the same on every process
+        if process_rank() == 0 or started or getattr(ex, "own_error", False):
             log.error("error: %s", ex)
-        sys.exit(2)
+        exit_refused()
     except OSError as ex:
         line = write_error_line(ex)
         if line is None:
             raise
         log.error("error: %s", line)
-        sys.exit(2)
+        exit_refused()
     finally:
         if claim is not None:
             claim.release()

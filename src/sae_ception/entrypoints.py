@@ -58,6 +58,23 @@ def _train_cycle(ctx: RunContext) -> Optional[float]:
     return run_objective(ctx)
 
 
+def _no_objective(script: str, preflight: Callable[[RunContext], None]) -> Callable[[RunContext], None]:
+    """The preflight of a script that measures no objective: `objective` set (on the command line or by an
+    experiment such as optuna_search) is refused in one line before anything else is checked, instead of being
+    silently ignored; then `preflight`. Scripts that take the run's settings from its folder (evaluate.py) do not
+    get this: an objective saved in the run's config.yaml is the run's record, and one on their command line is
+    refused by cli.config_from_run_folder."""
+
+    def check(ctx: RunContext) -> None:
+        if ctx.cfg.objective is not None:
+            raise ConfigError(f"objective={ctx.cfg.objective}: the objective is measured by scripts/train_cycle.py (on "
+                              f"the validation split, after its last cycle), not by scripts/{script}.py; drop it here "
+                              "(and experiment=optuna_search, which sets it), or run scripts/train_cycle.py")
+        preflight(ctx)
+
+    return check
+
+
 def _baseline_preflight(ctx: RunContext) -> None:
     if ctx.cfg.inputs.model:
         require_model(ctx, 0)
@@ -77,9 +94,11 @@ def _auxiliary_preflight(ctx: RunContext) -> None:
 
 ENTRYPOINTS = {
     "train_cycle": Entrypoint(_train_cycle, _cycle_preflight),
-    "train_baseline": Entrypoint(run_baseline, _baseline_preflight),
-    "train_sae": Entrypoint(lambda ctx: run_sae(ctx, _current(ctx)), lambda ctx: require_model(ctx, _current(ctx))),
-    "train_auxiliary": Entrypoint(lambda ctx: run_auxiliary(ctx, _current(ctx)), _auxiliary_preflight),
+    "train_baseline": Entrypoint(run_baseline, _no_objective("train_baseline", _baseline_preflight)),
+    "train_sae": Entrypoint(lambda ctx: run_sae(ctx, _current(ctx)),
+                            _no_objective("train_sae", lambda ctx: require_model(ctx, _current(ctx)))),
+    "train_auxiliary": Entrypoint(lambda ctx: run_auxiliary(ctx, _current(ctx)),
+                                  _no_objective("train_auxiliary", _auxiliary_preflight)),
     "evaluate": Entrypoint(reevaluate, _evaluate_preflight, from_run_folder=True),
     "analyze_features": Entrypoint(analyze, _evaluate_preflight, from_run_folder=True),
 }

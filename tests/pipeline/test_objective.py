@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from sae_ception.cli import run_task
 from sae_ception.entrypoints import ENTRYPOINTS
 from sae_ception.evaluation.monosemanticity import monosemanticity_metrics
 from sae_ception.evaluation.objective_metrics import OBJECTIVE_METRICS
 from sae_ception.evaluation.report import flatten_metrics
 from sae_ception.sae import load_sae
 from sae_ception.stages.evaluate import evaluate_split
-from sae_ception.stages.objective import measure_objective
+from sae_ception.stages.objective import _what_differs, measure_objective
+from tests.conftest import compose_cfg
 from tests.pipeline.helpers import expect_one_line_error, run_in_process, snapshot
 from tests.pipeline.test_divergence import dead_target_layer
 
@@ -88,15 +90,106 @@ def test_a_finished_run_reuses_its_objective_and_measures_again_when_it_cannot(f
     caplog.set_level("INFO")
     assert train_cycle(run_dir) == returned
     assert snapshot(run_dir) == before and "reusing it (resume)" in caplog.text
-    path.write_text('{"metric": "performance/accuracy", "spl')
-    assert train_cycle(run_dir) == pytest.approx(returned)
-    assert "objective.json is damaged (not valid JSON" in caplog.text
-    assert json.loads(path.read_text())["value"] == pytest.approx(returned)
+    good = path.read_text()
+    for damaged, why in (('{"metric": "performance/accuracy", "spl', "not valid JSON"),
+                         (good.replace('"other_metrics": {}', '"other_metrics": []'),
+                          "not a record with other_metrics"),
+                         (good.replace('"cycle": 1,', ''), "no cycle")):
+        assert damaged != good
+        path.write_text(damaged)
+        caplog.clear()
+        assert train_cycle(run_dir) == pytest.approx(returned)
+        assert f"objective.json is damaged ({why}" in caplog.text
+        assert json.loads(path.read_text())["value"] == pytest.approx(returned)
     caplog.clear()
     weights = run_dir / "checkpoints" / "sae_cycle_1" / "weights.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # an SAE made again
     assert train_cycle(run_dir) == pytest.approx(returned)
-    assert "of other checkpoints; measuring performance/accuracy again" in caplog.text
+    assert ("objective.json: sae_cycle_1 was written again since it was measured; measuring performance/accuracy "
+            "on the val split at cycle 1") in caplog.text
+
+
+MSE = ["cycle.max_cycles=1", "objective=sae/mse"]
+
+
+def test_switching_the_objective_measures_each_metric_once_and_says_only_the_metric_differs(finished, caplog):
+    run_dir, _ = finished
+    path = run_dir / "results" / "objective.json"
+    accuracy = train_cycle(run_dir)  # the file's own record: accuracy on the current checkpoints
+    caplog.set_level("INFO")
+    caplog.clear()
+    mse = train_cycle(run_dir, MSE)
+    assert ("objective.json: it holds performance/accuracy, not sae/mse (measured on these checkpoints); measuring "
+            "sae/mse on the val split at cycle 1") in caplog.text
+    assert "written again" not in caplog.text and "not the last cycle" not in caplog.text
+    after_mse = json.loads(path.read_text())
+    assert after_mse["metric"] == "sae/mse" and after_mse["value"] == pytest.approx(mse) and mse != accuracy
+    assert list(after_mse["other_metrics"]) == ["performance/accuracy"]
+    assert after_mse["other_metrics"]["performance/accuracy"]["value"] == pytest.approx(accuracy)
+    for overrides, value in ((SETTINGS, accuracy), (MSE, mse)):  # back and forth: nothing is measured again
+        caplog.clear()
+        assert train_cycle(run_dir, overrides) == value
+        assert "reusing it (resume)" in caplog.text and "measuring" not in caplog.text
+        assert json.loads(path.read_text())["metric"] == overrides[1].split("=")[1]
+    assert json.loads(path.read_text()) == after_mse
+
+
+STAMPS = {"model": [1, 2], "sae": [3, 4]}
+
+
+@pytest.mark.parametrize("change, metric, says", [
+    ({}, "sae/mse", "it holds performance/accuracy, probe/dense_accuracy, not sae/mse (measured on these checkpoints)"),
+    ({"split": "test"}, "performance/accuracy", "it was measured on the test split, not val"),
+    ({"cycle": 0}, "performance/accuracy", "it is for cycle 0, not the last cycle 1"),
+    ({"artifacts": {"model": [1, 2], "sae": [3, 5]}}, "performance/accuracy",
+     "sae_cycle_1 was written again since it was measured"),
+    ({"artifacts": {"model": [0, 2], "sae": [3, 5]}}, "performance/accuracy",
+     "model_cycle_1 and sae_cycle_1 were written again since it was measured"),
+    ({"cycle": 0}, "sae/mse", "it holds performance/accuracy, probe/dense_accuracy, not sae/mse; it is for cycle 0, "
+                              "not the last cycle 1"),
+])
+def test_the_log_line_names_what_the_saved_record_differs_in(change, metric, says):
+    record = {"metric": "performance/accuracy", "split": "val", "cycle": 1, "artifacts": STAMPS}
+    saved = {**record, "other_metrics": {"probe/dense_accuracy": {**record, "metric": "probe/dense_accuracy"}}}
+    assert _what_differs({**saved, **change}, metric, 1, STAMPS) == says
+
+
+def test_objective_null_leaves_an_earlier_record_unread_and_unchanged(finished, caplog):
+    run_dir, _ = finished
+    path = run_dir / "results" / "objective.json"
+    assert train_cycle(run_dir, MSE) == pytest.approx(json.loads(path.read_text())["value"])
+    before = {name: digest for name, digest in snapshot(run_dir).items() if name != "config.yaml"}
+    caplog.set_level("INFO")
+    assert train_cycle(run_dir, ["cycle.max_cycles=1", "objective=null"]) is None
+    assert "objective: null" in (run_dir / "config.yaml").read_text()  # the run's settings now: no objective
+    assert {name: digest for name, digest in snapshot(run_dir).items() if name != "config.yaml"} == before
+    assert json.loads(path.read_text())["metric"] == "sae/mse"  # a record of what it names, left as it was
+    assert "objective=null: " in caplog.text and "not this run's objective" in caplog.text
+    assert "objective sae/mse =" not in caplog.text and "objective performance/accuracy =" not in caplog.text
+
+
+@pytest.mark.parametrize("script", ["train_baseline", "train_sae", "train_auxiliary"])
+def test_scripts_that_measure_no_objective_refuse_it(caplog, tmp_path, script):
+    entry = ENTRYPOINTS[script]
+    expect_one_line_error(caplog, tmp_path / "run", ["objective=performance/accuracy"],
+                          f"objective=performance/accuracy: the objective is measured by scripts/train_cycle.py (on "
+                          f"the validation split, after its last cycle), not by scripts/{script}.py; drop it here",
+                          task=entry.task, preflight=entry.preflight)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_takes_the_runs_objective_from_its_folder_and_refuses_one_given(finished, caplog):
+    """evaluate.py reads every setting from the run's config.yaml, which records objective: that is no refusal."""
+    run_dir, _ = finished
+    entry = ENTRYPOINTS["evaluate"]
+    train_cycle(run_dir)  # the run's settings record objective=performance/accuracy
+    assert "objective: performance/accuracy" in (run_dir / "config.yaml").read_text()
+    results = run_task(compose_cfg(run_dir, ["eval_cycle=1"], base=["progress=false", "plots=false"]), entry.task,
+                       entry.preflight, from_run_folder=True)
+    assert [r["cycle"] for r in results] == [1]
+    expect_one_line_error(caplog, run_dir, ["objective=sae/mse"], "objective=sae/mse: this script takes every "
+                          "setting of the run from", task=entry.task, preflight=entry.preflight,
+                          base=["progress=false", "plots=false"], from_run_folder=True)
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -21,7 +21,9 @@ from tests.pipeline.test_divergence import dead_target_layer
 pytestmark = pytest.mark.slow
 
 SEARCH = ["experiment=[smoke,optuna_search]", *TINY[1:], "cycle.max_cycles=1"]
-SEARCHED = {"cycle.aux_loss_weight": (0.01, 1.0), "sharpening.top_k_pct": (2.0, 30.0), "sae.l1_coefficient": (1e-3, 0.1)}
+# the range of sae.l1_coefficient given on the command line replaces the one in experiment=optuna_search
+L1_RANGE = "sae.l1_coefficient=tag(log, interval(0.02, 0.05))"
+SEARCHED = {"cycle.aux_loss_weight": (0.01, 1.0), "sharpening.top_k_pct": (2.0, 30.0), "sae.l1_coefficient": (0.02, 0.05)}
 
 
 def setting(config: dict, key: str):
@@ -32,8 +34,8 @@ def setting(config: dict, key: str):
 
 def test_a_three_trial_search_returns_each_validation_objective_and_keeps_the_best(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_script("train_cycle.py", "--multirun", *SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
-                      cwd=tmp_path)
+    proc = run_script("train_cycle.py", "--multirun", *SEARCH, "hydra.sweeper.n_trials=3", L1_RANGE,
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Directions: ['maximize']" in proc.stdout and "setup plugin alembic" not in proc.stdout
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -114,7 +116,19 @@ def in_optuna_sweep(tmp_path):
      "hydra.sweeper.direction=maximize"),
     (["objective=sae/mse", "hydra.sweeper.direction=maximize"], "objective=sae/mse is better lower"),
     (["objective=sae/mse", "hydra.sweeper.direction=[minimize,maximize]"],
-     "hydra.sweeper.direction=[minimize,maximize] asks for several objectives, but a job returns one"),
+     "hydra.sweeper.direction=[minimize,maximize] asks for several objectives, but a job returns one value"),
+    (["objective=sae/mse", "hydra.sweeper.direction=MINIMIZE"],
+     "hydra.sweeper.direction=MINIMIZE is not a direction; did you mean minimize? (valid: maximize, minimize, in "
+     "lower case)"),
+    (["objective=sae/mse", "hydra.sweeper.direction=minimise"], "hydra.sweeper.direction=minimise is not a direction; "
+                                                                "did you mean minimize?"),
+    (["objective=sae/mse", "hydra.sweeper.direction=[]"], "hydra.sweeper.direction=[] is not a direction (valid:"),
+    (["objective=sae/mse", "hydra.sweeper.direction=1"], "hydra.sweeper.direction=1 is not a direction (valid:"),
+    (["objective=sae/mse", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 must be a positive integer"),
+    (["objective=sae/mse", "hydra.sweeper.n_trials=-2"], "hydra.sweeper.n_trials=-2 must be a positive integer"),
+    (["objective=sae/mse", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0 must be a positive integer"),
+    (["objective=sae/mse", "hydra.sweeper.max_failure_rate=1.5"],
+     "hydra.sweeper.max_failure_rate=1.5 must be a number in [0, 1]"),
 ])
 def test_a_search_that_cannot_work_stops_before_training(caplog, tmp_path, in_optuna_sweep, overrides, match):
     in_optuna_sweep(*overrides)
@@ -129,6 +143,48 @@ def test_a_search_in_the_metrics_better_way_is_accepted(tmp_path, in_optuna_swee
     from sae_ception.config import parse_config
 
     for overrides in (["objective=sae/mse"], ["objective=sae/l0", "hydra.sweeper.direction=maximize"],
-                      ["objective=performance/accuracy", "hydra.sweeper.direction=[maximize]"]):
+                      ["objective=performance/accuracy", "hydra.sweeper.direction=[maximize]"],
+                      ["objective=sae/mse", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
+                       "hydra.sweeper.max_failure_rate=1.0"]):
         in_optuna_sweep(*overrides)
         assert parse_config(compose_cfg(tmp_path / "run", task_settings(overrides))).objective == overrides[0][10:]
+
+
+TINY_SWEEP = [*TINY, "cycle.max_cycles=0", "hydra/sweeper=optuna", "objective=sae/mse", "hydra.sweeper.n_trials=1"]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("hydra.sweeper.direction=MINIMIZE", "hydra.sweeper.direction=MINIMIZE is not a direction; did you mean minimize? "
+                                         "(valid: maximize, minimize, in lower case)"),
+    ("hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.direction=[minimize,minimize] asks for several "
+                                                    "objectives, but a job returns one value"),
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be a positive integer: the number of trials"),
+    ("hydra.sweeper.params.sae.l1_coeficient=interval(0.001,0.1)",
+     "hydra.sweeper.params.sae.l1_coeficient=interval(0.001,0.1): an entry of hydra.sweeper.params cannot be given on "
+     "the command line (Hydra reads the dots of its name as nesting, and a range there as a sweep of its own "
+     "settings); give the range as the setting itself, 'sae.l1_coeficient=interval(0.001,0.1)', which replaces"),
+    ("hydra.sweeper.params.sae.l1_coefficient='interval(0.001,0.1)'",  # OmegaConf's AssertionError, params null
+     "hydra.sweeper.params.sae.l1_coefficient='interval(0.001,0.1)': an entry of hydra.sweeper.params cannot be "
+     "given on the command line"),
+])
+def test_bad_sweeper_settings_stop_the_sweep_in_one_line_before_any_job(tmp_path, override, line):
+    """Optuna's own refusals are tracebacks (`Please set either 'minimize' or 'maximize'`), or misleading (0 trials
+    read as "no trial completed"): the sweep's process refuses these settings before the study is created."""
+    sweep = tmp_path / "sweep"
+    proc = run_script("train_cycle.py", "--multirun", *TINY_SWEEP, override, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr == "" and proc.stdout.count("\n") == 1, proc.stdout + proc.stderr
+    assert f"[sae_ception][ERROR] - error: {line}" in proc.stdout
+    assert not sweep.exists() or not any(sweep.rglob("*"))
+
+
+def test_a_search_space_entry_naming_no_setting_stops_at_the_first_job_in_one_line(tmp_path):
+    """A range given as the setting itself, misspelt: the first job's config is refused by name."""
+    sweep = tmp_path / "sweep"
+    proc = run_script("train_cycle.py", "--multirun", *TINY_SWEEP, "sae.l1_coeficient=interval(0.001,0.1)",
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1
+    assert "error: sae.l1_coeficient is not a setting; did you mean sae.l1_coefficient?" in errors[0]
+    assert not any(p.is_file() for p in sweep.rglob("*")) if sweep.exists() else True

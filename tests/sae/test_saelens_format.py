@@ -232,3 +232,136 @@ def test_a_missing_or_foreign_folder_names_the_files_expected(tmp_path):
     one_line_error(tmp_path / "other", "is not an SAE folder: it needs config.json + weights.safetensors (an SAE-ception "
                                        "SAE checkpoint) or cfg.json + sae_weights.safetensors (a SAELens SAE)")
 
+
+
+# --- malformed folders: every field and tensor read is checked, each fault one line ----------------------------
+def saelens_topk_folder(folder, **cfg_changes):
+    """A SAELens TopK folder (d_in 16, d_sae 48, k 5) with cfg.json fields replaced (None removes a field)."""
+    random_saelens(TopKSAE, TopKSAEConfig(d_in=D_IN, d_sae=48, k=5)).save_model(folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    for key, value in cfg_changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return folder
+
+
+PRE_6 = {"d_in": D_IN, "d_sae": 48, "dtype": "float32", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 4},
+         "hook_point": "blocks.0.hook_resid_pre", "model_name": "gpt2"}
+
+MALFORMED_CONFIGS = {  # cfg.json changes -> the words the one line must hold
+    "metadata_a_string": ({"metadata": "x"}, "metadata='x' must be a JSON object"),
+    "metadata_a_list": ({"metadata": ["x"]}, "metadata=['x'] must be a JSON object"),
+    "version_a_number": ({"metadata": {"sae_lens_version": 6}}, "sae_lens_version=6 must be a version string"),
+    "architecture_a_list": ({"architecture": ["topk"]}, "architecture=['topk'] must be a string, one of standard, topk"),
+    "architecture_missing": ({"architecture": None}, "architecture is missing"),
+    "d_in_a_string": ({"d_in": "16"}, "d_in='16' must be a positive integer"),
+    "d_in_a_float": ({"d_in": 16.0}, "d_in=16.0 must be a positive integer"),
+    "d_in_a_boolean": ({"d_in": True}, "d_in=True must be a positive integer"),
+    "d_in_negative": ({"d_in": -16}, "d_in=-16 must be a positive integer"),
+    "d_sae_zero": ({"d_sae": 0}, "d_sae=0 must be a positive integer"),
+    "d_sae_missing": ({"d_sae": None}, "d_sae is missing; it must be a positive integer"),
+    "k_zero": ({"k": 0}, "k=0 must be a positive integer"),
+    "k_above_d_sae": ({"k": 49}, "k=49 must be at most d_sae=48 (1 <= k <= d_sae)"),
+    "k_a_string": ({"k": "5"}, "k='5' must be a positive integer"),
+    "apply_b_dec_a_string": ({"apply_b_dec_to_input": "yes"}, "apply_b_dec_to_input='yes' must be true or false"),
+    "apply_b_dec_null": ({"apply_b_dec_to_input": []}, "apply_b_dec_to_input=[] must be true or false"),
+    "rescale_a_string": ({"rescale_acts_by_decoder_norm": "true"}, "rescale_acts_by_decoder_norm='true' must be true or false"),
+    "dtype_unknown": ({"dtype": "float8"}, "dtype='float8' is not a dtype SAELens knows; one of float32"),
+    "dtype_a_number": ({"dtype": 32}, "dtype=32 must be a string"),
+    "normalize_a_number": ({"normalize_activations": 5}, "normalize_activations=5 must be a string"),
+    "model_name_a_number": ({"metadata": {"sae_lens_version": "6.0.0", "model_name": 5}}, "model_name=5 must be a string"),
+    "pre_6_kwargs_a_string": ({**PRE_6, "metadata": None, "activation_fn_kwargs": "k=4"},
+                              "activation_fn_kwargs='k=4' must be a JSON object"),
+    "pre_6_kwargs_a_list": ({**PRE_6, "metadata": None, "activation_fn_kwargs": [4]}, "activation_fn_kwargs=[4] must be"),
+    "pre_6_k_a_string": ({**PRE_6, "metadata": None, "activation_fn_kwargs": {"k": "4"}}, "k='4' must be a positive integer"),
+    "pre_6_activation_a_number": ({**PRE_6, "metadata": None, "activation_fn_str": 1}, "activation_fn=1 must be a string"),
+    "pre_6_normalize_a_list": ({**PRE_6, "metadata": None, "normalize_activations": []},
+                               "normalize_activations=[] must be true, false or a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_CONFIGS))
+def test_a_malformed_cfg_json_is_one_line_naming_the_field(tmp_path, case):
+    changes, words = MALFORMED_CONFIGS[case]
+    folder = saelens_topk_folder(tmp_path / "sae", **changes)
+    if case.startswith("pre_6"):  # a pre-6 config has no 6.x fields
+        cfg = json.loads((folder / "cfg.json").read_text())
+        (folder / "cfg.json").write_text(json.dumps({key: cfg[key] for key in {**PRE_6, **changes} if key in cfg}))
+    message = one_line_error(folder, words)
+    assert message.startswith(str(folder / "cfg.json")), message
+
+
+def corrupt_weights(folder, kind: str) -> None:
+    path = folder / "sae_weights.safetensors"
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) - 100])
+    elif kind == "garbage":
+        path.write_bytes(b"\xff" * 64)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "bad_header":
+        path.write_bytes(data[:8] + b"{not json" + data[17:])
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "bad_header"])
+def test_a_damaged_weights_file_is_one_line(tmp_path, kind):
+    folder = saelens_topk_folder(tmp_path / "sae")
+    corrupt_weights(folder, kind)
+    one_line_error(folder, f"{folder / 'sae_weights.safetensors'} is damaged or truncated")
+
+
+def rewrite_weights(folder, **changes) -> None:
+    from safetensors.torch import load_file
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    weights.update(changes)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "sae_weights.safetensors"))
+
+
+@pytest.mark.parametrize("name,tensor,words", [
+    ("W_enc", torch.ones(D_IN, 48, dtype=torch.int32), "W_enc has dtype int32; SAELens weights are float32"),
+    ("b_enc", torch.ones(48, dtype=torch.bool), "b_enc has dtype bool"),
+    ("b_dec", torch.full((D_IN,), 1e39, dtype=torch.float64), "b_dec holds NaN or inf once read as float32"),
+    ("W_dec", torch.full((48, D_IN), float("nan")), "W_dec holds NaN or inf"),
+    ("b_enc", torch.ones(47), "b_enc has shape (47,) but cfg.json (d_in=16, d_sae=48) needs (48,)"),
+])
+def test_weights_of_the_wrong_dtype_shape_or_value_are_one_line(tmp_path, name, tensor, words):
+    folder = saelens_topk_folder(tmp_path / "sae")
+    rewrite_weights(folder, **{name: tensor})
+    one_line_error(folder, words)
+
+
+# --- TopK's rescale_acts_by_decoder_norm: SAELens's function reproduced, non-finite results refused ------------
+def test_a_zero_decoder_row_under_rescaling_gives_saelens_codes_and_finite_weights(tmp_path):
+    """SAELens encodes pre·‖W_dec[f]‖: a zero decoder row makes that latent's pre 0, so its code is always 0. The
+    import reproduces that exactly (zero encoder column and bias) instead of dividing by the zero norm (NaN)."""
+    theirs = random_saelens(TopKSAE, TopKSAEConfig(d_in=D_IN, d_sae=48, k=5, rescale_acts_by_decoder_norm=True))
+    with torch.no_grad():
+        theirs.W_dec[7] = 0
+        theirs.b_enc[7] = 50.0  # would win every top-k if it were not multiplied by 0
+    theirs.save_model(tmp_path / "theirs")
+    ours = load_any_sae(tmp_path / "theirs")
+    for name, tensor in ours.state_dict().items():
+        assert torch.isfinite(tensor).all(), name
+    x = raw_activations()
+    with torch.no_grad():
+        codes = ours.encode(x)
+        assert_same_codes(codes, theirs.encode(x))
+        assert (codes[:, 7] == 0).all() and (codes != 0).sum(-1).float().mean() > 4
+        alive = torch.arange(48) != 7  # SAELens's own decode is NaN here (0 · 1/0): the intended sum without latent 7
+        norms = theirs.W_dec.norm(dim=-1)
+        expected = (codes[:, alive] / norms[alive]) @ theirs.W_dec[alive] + theirs.b_dec
+        torch.testing.assert_close(ours.decode(codes), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_rescaling_that_overflows_float32_is_refused_naming_the_tensor(tmp_path):
+    theirs = random_saelens(TopKSAE, TopKSAEConfig(d_in=D_IN, d_sae=48, k=5, rescale_acts_by_decoder_norm=True))
+    with torch.no_grad():
+        theirs.W_dec[3] = 1e30
+        theirs.W_enc[:, 3] = 1e10  # W_enc · ‖W_dec[3]‖ = 4e40: beyond float32
+    theirs.save_model(tmp_path / "theirs")
+    one_line_error(tmp_path / "theirs", "sae_weights.safetensors: folding rescale_acts_by_decoder_norm into the weights "
+                                         "makes W_enc overflow float32")

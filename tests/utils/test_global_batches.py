@@ -1,6 +1,7 @@
-"""Global batches (utils/batching.py) and the multi-process helpers of utils/distributed.py, by hand-computed cases:
-every process draws the batches one process would, each row is computed once per epoch over all processes, and
-the share weights make the averaged gradient the batch mean."""
+"""Global batches (utils/batching.py), the multi-process helpers of utils/distributed.py and each process's seed
+(utils/seeding.py), by hand-computed cases: every process draws the batches one process would, each row is
+computed once per epoch over all processes, the share weights make the averaged gradient the batch mean, other
+ranks print errors only, and only ranks other than 0 get a stream of their own."""
 
 import logging
 
@@ -11,6 +12,7 @@ from sae_ception.errors import ConfigError
 from sae_ception.utils.batching import num_batches, process_shares, shuffled_batches
 from sae_ception.utils.distributed import (RankFilter, RankFormatter, check_rows_per_process,
                                            single_process_launch_warning)
+from sae_ception.utils.seeding import process_seed, seed_process_stream
 
 
 def _rows(shares):
@@ -94,14 +96,35 @@ def test_accelerate_launch_that_started_one_of_several_processes_is_recognised()
     assert single_process_launch_warning({"MASTER_PORT": "1", "WORLD_SIZE": "2"}) is None  # torchrun
 
 
-def test_other_ranks_print_only_warnings_and_errors_prefixed_with_their_rank(monkeypatch):
+def test_other_ranks_print_only_errors_prefixed_with_their_rank(monkeypatch):
     def record(level):
         return logging.LogRecord("sae_ception", level, __file__, 1, "a line", None, None)
 
     monkeypatch.setenv("RANK", "1")
     rank_filter, formatter = RankFilter(), RankFormatter("%(levelname)s - %(message)s")
-    assert not rank_filter.filter(record(logging.INFO)) and rank_filter.filter(record(logging.WARNING))
+    assert not rank_filter.filter(record(logging.INFO)) and not rank_filter.filter(record(logging.WARNING))
+    assert rank_filter.filter(record(logging.ERROR)) and rank_filter.filter(record(logging.CRITICAL))
     assert formatter.format(record(logging.ERROR)) == "[rank 1] ERROR - a line"
     monkeypatch.setenv("RANK", "0")
     rank_filter, formatter = RankFilter(), RankFormatter("%(levelname)s - %(message)s")
-    assert rank_filter.filter(record(logging.INFO)) and formatter.format(record(logging.INFO)) == "INFO - a line"
+    assert rank_filter.filter(record(logging.INFO)) and rank_filter.filter(record(logging.WARNING))
+    assert formatter.format(record(logging.INFO)) == "INFO - a line"
+
+
+def test_each_rank_has_its_own_seed_and_rank_0_keeps_the_stage_seed():
+    seeds = [process_seed(1234, rank) for rank in range(4)]
+    assert seeds[0] == 1234 and len(set(seeds)) == 4 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert process_seed(1234, 1) == process_seed(1234, 1) != process_seed(1235, 1)  # deterministic, per stage
+    with pytest.raises(ValueError, match="rank >= 0"):
+        process_seed(1234, -1)
+
+
+@pytest.mark.parametrize("rank, world, keeps", [(0, 1, True), (0, 2, True), (1, 2, False), (3, 4, False)])
+def test_only_ranks_other_than_0_of_several_processes_are_reseeded(rank, world, keeps):
+    torch.manual_seed(7)
+    torch.rand(3)  # a stream already under way (model initialisation)
+    state = torch.get_rng_state()
+    seed_process_stream(99, rank, world)
+    assert torch.equal(torch.get_rng_state(), state) == keeps
+    if not keeps:
+        assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(process_seed(99, rank))))

@@ -7,13 +7,17 @@ lambda, its training losses), not how well it does. Which metrics exist is fixed
 test checks this list against a real evaluation, so a new metric there fails it until it is named here.
 
 The objective is always measured on the validation split (stages/objective.py), never on the test split that
-`results/cycle_N.json` reports. `check_search` checks an Optuna sweep against it when the settings are read.
+`results/cycle_N.json` reports. `check_search` checks an Optuna sweep against it when the settings are read,
+and `check_sweeper` the sweeper's own settings (direction, n_trials, n_jobs, max_failure_rate): in each job, and
+first in the sweep's own process before the study is created (sweep_errors.py).
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+
+from omegaconf import ListConfig
 
 from sae_ception.errors import ConfigError
 from sae_ception.evaluation.monosemanticity import QUANTILES
@@ -94,31 +98,72 @@ def _sweeper() -> Optional[Any]:
     return None
 
 
+DIRECTIONS = ("maximize", "minimize")  # what Optuna accepts, in lower case
+
+
 def _direction_name(direction: Any) -> Any:
     """Optuna's direction as written (`maximize`), from a string, the sweeper's Direction enum (its default is
-    Direction.minimize) or a list of either (several objectives: a list is returned)."""
+    Direction.minimize) or a list of either (several objectives: a list is returned); anything else unchanged."""
     if isinstance(direction, (str, Enum)):
         return direction.name if isinstance(direction, Enum) else direction
-    return [_direction_name(d) for d in direction]
+    if isinstance(direction, (list, tuple, ListConfig)):
+        return [_direction_name(d) for d in direction]
+    return direction
+
+
+def search_direction(direction: Any) -> str:
+    """The one direction of an Optuna search (`maximize` / `minimize`, or a list of one of them); anything else
+    is refused (ConfigError, one line naming hydra.sweeper.direction and the valid values): another case
+    (`MINIMIZE`, which Optuna refuses with a traceback), a typo, or several directions (a multi-objective study,
+    while a job returns one value)."""
+    name = _direction_name(direction)
+    shown = f"[{','.join(map(str, name))}]" if isinstance(name, list) else name
+    if isinstance(name, list) and len(name) > 1:
+        raise ConfigError(f"hydra.sweeper.direction={shown} asks for several objectives, but a job returns one "
+                          "value (its objective); give one direction: maximize or minimize")
+    if isinstance(name, list) and len(name) == 1:
+        name = name[0]
+    if name not in DIRECTIONS:
+        from sae_ception.config import closest  # config.py imports this module
+
+        hint = closest(str(name).lower(), list(DIRECTIONS)) if isinstance(name, str) else ""
+        raise ConfigError(f"hydra.sweeper.direction={shown} is not a direction{hint} (valid: maximize, minimize, "
+                          "in lower case)")
+    return name
+
+
+def check_sweeper(settings: Mapping[str, Any]) -> None:
+    """Refuse (ConfigError, one line) Optuna sweeper settings (`hydra.sweeper.*`) the sweep would fail on, with
+    a traceback or a misleading message, or loop on: an invalid direction (`search_direction`), n_trials or
+    n_jobs not a positive integer (0 trials ends in Optuna's "No trials are completed yet", 0 trials at once in
+    a ZeroDivisionError), a max_failure_rate outside [0, 1] (an AssertionError). Called in the sweep's own
+    process before the study is created (sweep_errors.py) and again by each job (`check_search`)."""
+    search_direction(settings.get("direction", "minimize"))
+    for key, what in (("n_trials", "the number of trials (runs) the search makes"),
+                      ("n_jobs", "the number of trials asked for at once")):
+        value = settings.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"hydra.sweeper.{key}={value} must be a positive integer: {what}")
+    rate = settings.get("max_failure_rate", 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate={rate} must be a number in [0, 1]: the share of a batch "
+                          "of trials that may fail before the search stops")
 
 
 def check_search(metric: Optional[str]) -> None:
     """Inside an Optuna sweep (`hydra/sweeper=optuna`), refuse (ConfigError, one line) jobs that would return
-    nothing (`objective` null), a sweep of several objectives (a job returns one), and a direction opposite to
-    the metric's better way (maximising a loss). Outside one, nothing is checked."""
+    nothing (`objective` null), sweeper settings `check_sweeper` refuses (an invalid direction, several of them,
+    no trials) and a direction opposite to the metric's better way (maximising a loss). Outside one, nothing is
+    checked."""
     sweeper = _sweeper()
     if sweeper is None or sweeper.get("_target_") != OPTUNA_SWEEPER:
         return
     if metric is None:
         raise ConfigError("hydra/sweeper=optuna optimises what each job returns, but objective=null; set "
-                          "objective=family/name (e.g. objective=performance/accuracy), or use "
-                          "experiment=optuna_search")
-    direction = _direction_name(sweeper.get("direction"))
-    if isinstance(direction, list) and len(direction) == 1:
-        direction = direction[0]
-    if isinstance(direction, list):
-        raise ConfigError(f"hydra.sweeper.direction=[{','.join(direction)}] asks for several objectives, but a job "
-                          f"returns one (objective={metric}); give one direction: maximize or minimize")
+                          "objective=family/name (e.g. objective=performance/accuracy) on scripts/train_cycle.py, "
+                          "the script that measures and returns it, or use experiment=optuna_search")
+    check_sweeper(sweeper)
+    direction = search_direction(sweeper.get("direction"))
     wanted = objective_direction(metric)
     if wanted is not None and direction != wanted:
         better = "higher" if wanted == "maximize" else "lower"

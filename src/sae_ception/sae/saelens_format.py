@@ -26,11 +26,14 @@ JumpReLU whose thresholds are all that one θ.
 Import maps standard -> `relu`, topk -> `topk`, jumprelu -> `jumprelu` with `normalize: none`; a = 0 becomes
 b_enc + b_dec @ W_enc (this product always subtracts b_dec), and TopK's `rescale_acts_by_decoder_norm`
 (pre·n_f with n_f = ‖W_dec[f]‖, decoded as codes / n_f) is folded as W_enc·n, b_enc·n, W_dec / n, which gives
-the same codes. Configs written before SAELens 6 are read with the renames of SAELens's
-`handle_pre_6_0_config` (loading/pretrained_sae_loaders.py). Refused, one line each: other architectures
-(gated, transcoders, ...), `normalize_activations` other than none (layer_norm is per example, so not a
-fixed affine map; expected_average_only_in needs a scale factor the folder does not carry), and weights that
-do not fit the config. SAELens itself is not imported here: it is only a test dependency.
+the same codes; a zero decoder row (n_f = 0: SAELens's pre·0 makes that code always 0) gets a zero encoder
+column and bias and keeps its zero row, never 0/0. Configs written before SAELens 6 are read with the renames
+of SAELens's `handle_pre_6_0_config` (loading/pretrained_sae_loaders.py). Refused, one line each naming the
+file: other architectures (gated, transcoders, ...), `normalize_activations` other than none (layer_norm is
+per example, so not a fixed affine map; expected_average_only_in needs a scale factor the folder does not
+carry), any field read from cfg.json of the wrong type or range, a damaged or truncated weights file, weights
+that are missing, not float, of the wrong shape or not finite, and folded weights that overflow float32.
+SAELens itself is not imported here: it is only a test dependency.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 # The SAELens config format this module writes (metadata.sae_lens_version): SAELens reads a folder whose version
 # is below 6.0.0-rc.0, or missing, as a pre-6 config and converts it; 6.0.0 makes it read the folder as it is.
 FORMAT_VERSION = "6.0.0"
+# cfg.json's `dtype` values SAELens accepts (sae_lens/constants.py DTYPE_MAP) and the safetensors dtypes read here
+SAELENS_DTYPES = ("float32", "float64", "float16", "bfloat16", "torch.float32", "torch.float64", "torch.float16",
+                  "torch.bfloat16")
+WEIGHT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,23 @@ def _major_version(version: Any) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def _bad_field(where: str, key: str, value: Any, need: str) -> ArtifactError:
+    """One line naming the file, the field, its value (cut short) and what it must be."""
+    shown = repr(value)
+    return ArtifactError(f"{where}: {key}={shown if len(shown) <= 80 else shown[:77] + '...'} {need}")
+
+
+def _check_type(cfg: dict[str, Any], key: str, where: str, kinds: tuple, need: str, required: bool = False) -> None:
+    """ArtifactError unless cfg[key] is one of `kinds` (a bool is not an int), or absent when not required."""
+    if key not in cfg:
+        if required:
+            raise ArtifactError(f"{where}: {key} is missing; it {need}")
+        return
+    value = cfg[key]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise _bad_field(where, key, value, need)
+
+
 def _pre_6_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """A config written before SAELens 6 in the 6 layout, as SAELens's handle_pre_6_0_config reads it: keys
     hook_point / hook_point_head_index / activation_fn_str renamed, architecture standard unless the activation
@@ -196,6 +220,10 @@ def _pre_6_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     new = {renames.get(key, key): value for key, value in cfg.items()}
     new.setdefault("apply_b_dec_to_input", True)
     new.setdefault("architecture", "standard")
+    for key, kinds, need in (("activation_fn", (str, type(None)), "must be a string (relu or topk)"),
+                             ("activation_fn_kwargs", (dict, type(None)), "must be a JSON object (e.g. {\"k\": 32})"),
+                             ("normalize_activations", (bool, str, type(None)), "must be true, false or a string")):
+        _check_type(new, key, where, kinds, need)
     activation = new.get("activation_fn") or "relu"
     k = (new.get("activation_fn_kwargs") or {}).get("k")
     if activation == "topk" and k is not None:
@@ -211,36 +239,60 @@ def _pre_6_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
 
 def read_saelens_config(folder: Union[str, Path]) -> dict[str, Any]:
     """The folder's cfg.json in the SAELens 6 layout (pre-6 configs converted), checked to describe an SAE this
-    product can run. ArtifactError, one line naming the file, the value and what is supported, otherwise."""
+    product can run: every field read here has the type SAELens gives it (d_in, d_sae positive integers, k an
+    integer in 1..d_sae, booleans, strings, metadata an object, a dtype SAELens knows). ArtifactError, one line
+    naming the file, the field, the value and what it must be, otherwise."""
     path = Path(folder) / SAELENS_CFG_FILE
+    where = str(path)
     cfg = read_json(path, remedy="give a SAELens SAE folder")
     if not isinstance(cfg, dict):
         raise ArtifactError(f"{path} is damaged (not a JSON object); give a SAELens SAE folder")
+    _check_type(cfg, "metadata", where, (dict, type(None)), "must be a JSON object")
+    _check_type(cfg, "sae_lens_version", where, (str, type(None)), "must be a version string (e.g. \"6.0.0\")")
+    _check_type(cfg.get("metadata") or {}, "sae_lens_version", where, (str, type(None)),
+                "must be a version string (e.g. \"6.0.0\") (in metadata)")
     version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
     if _major_version(version) is None or _major_version(version) < 6:
-        cfg = _pre_6_config(cfg, str(path))
-    architecture = cfg.get("architecture")
+        cfg = _pre_6_config(cfg, where)
+    _check_type(cfg, "architecture", where, (str,), f"must be a string, one of {', '.join(IMPORT_TYPES)}", required=True)
+    architecture = cfg["architecture"]
     if architecture not in IMPORT_TYPES:
         raise ArtifactError(f"{path}: SAELens architecture {architecture!r} is not supported; supported: "
                             f"{', '.join(IMPORT_TYPES)}")
+    _check_type(cfg, "normalize_activations", where, (str, type(None)), "must be a string (none)")
     normalization = cfg.get("normalize_activations") or "none"
     if normalization != "none":
         raise ArtifactError(f"{path}: normalize_activations={normalization!r} is not supported (only 'none': layer_norm "
                             "normalises each example on its own, and expected_average_only_in needs a scale factor the "
                             "folder does not hold); fold the normalisation into the weights first")
     for key in ("d_in", "d_sae") + (("k",) if architecture == "topk" else ()):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ArtifactError(f"{path}: {key}={value!r} must be a positive integer")
+        _check_type(cfg, key, where, (int,), "must be a positive integer", required=True)
+        if cfg[key] <= 0:
+            raise _bad_field(where, key, cfg[key], "must be a positive integer")
+    if architecture == "topk" and cfg["k"] > cfg["d_sae"]:
+        raise _bad_field(where, "k", cfg["k"], f"must be at most d_sae={cfg['d_sae']} (1 <= k <= d_sae)")
+    _check_type(cfg, "apply_b_dec_to_input", where, (bool,), "must be true or false")
+    if architecture == "topk":
+        _check_type(cfg, "rescale_acts_by_decoder_norm", where, (bool,), "must be true or false")
+    _check_type(cfg, "dtype", where, (str,), f"must be a string, one of {', '.join(SAELENS_DTYPES)}")
+    if "dtype" in cfg and cfg["dtype"] not in SAELENS_DTYPES:
+        raise _bad_field(where, "dtype", cfg["dtype"], f"is not a dtype SAELens knows; one of {', '.join(SAELENS_DTYPES)}")
+    for key in ("model_name", "hook_name"):
+        _check_type(cfg.get("metadata") or {}, key, where, (str, type(None)), "must be a string (in metadata)")
     return cfg
 
 
 def _saelens_weights(folder: Path, cfg: dict[str, Any]) -> dict[str, Tensor]:
-    """The folder's weights in float32, checked against `cfg`: the keys of its architecture (an older
-    `log_threshold` read as exp of it, an all-ones `scaling_factor` dropped, as SAELens does), their shapes,
-    finite values."""
+    """The folder's weights in float32, checked against `cfg`: a readable file (a truncated or corrupt one is
+    refused), the keys of its architecture (an older `log_threshold` read as exp of it, an all-ones
+    `scaling_factor` dropped, as SAELens does), a float dtype, their shapes, finite values."""
     path = folder / SAELENS_WEIGHTS_FILE
-    weights = {name: tensor.float() for name, tensor in load_tensors(path, remedy="give a SAELens SAE folder").items()}
+    raw = load_tensors(path, remedy="give a SAELens SAE folder")
+    for name, tensor in raw.items():
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise ArtifactError(f"{path}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; SAELens weights "
+                                "are float32, float64, float16 or bfloat16")
+    weights = {name: tensor.float() for name, tensor in raw.items()}
     if "log_threshold" in weights and "threshold" not in weights:
         weights["threshold"] = weights.pop("log_threshold").exp()
     if "scaling_factor" in weights and torch.equal(weights["scaling_factor"], torch.ones_like(weights["scaling_factor"])):
@@ -259,8 +311,21 @@ def _saelens_weights(folder: Path, cfg: dict[str, Any]) -> dict[str, Tensor]:
                                 f"d_sae={d_sae}) needs {shape}")
     bad = non_finite_tensor(weights)
     if bad is not None:
-        raise ArtifactError(f"{path}: {bad} holds NaN or inf")
+        stored = raw.get(bad, raw.get("log_threshold"))
+        widened = stored is not None and stored.dtype == torch.float64 and bool(torch.isfinite(stored).all())
+        raise ArtifactError(f"{path}: {bad} holds NaN or inf" + (" once read as float32 (its float64 values overflow)"
+                                                                 if widened else ""))
     return weights
+
+
+def _rescale_by_decoder_norm(W_enc_DF: Tensor, b_enc_F: Tensor, W_dec_FD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """TopK's rescale_acts_by_decoder_norm folded in: SAELens encodes pre·n_f (n_f = ‖W_dec[f]‖) and decodes
+    codes / n_f, which equals encoding with W_enc·n, b_enc·n and decoding with W_dec / n. A latent whose decoder
+    row is zero has pre·0 = 0 in SAELens, so its code is always 0: its encoder column and bias become 0 (as the
+    product does) and its decoder row stays 0 (SAELens's own decode gives NaN there: 0 · 1/0)."""
+    norms_F = W_dec_FD.norm(dim=-1)
+    divisor_F = torch.where(norms_F > 0, norms_F, torch.ones_like(norms_F))
+    return W_enc_DF * norms_F, b_enc_F * norms_F.double(), W_dec_FD / divisor_F[:, None]
 
 
 @torch.no_grad()
@@ -277,9 +342,12 @@ def read_saelens_folder(folder: Union[str, Path]) -> SparseAutoencoder:
     if not cfg.get("apply_b_dec_to_input", True):  # x @ W + b  =  (x − b_dec) @ W + (b + b_dec @ W)
         b_enc_F = b_enc_F + _vector_times_matrix(w["b_dec"].double(), w["W_enc"])
     W_enc_DF, W_dec_FD = w["W_enc"], w["W_dec"]
+    folded = []
+    if not cfg.get("apply_b_dec_to_input", True):
+        folded.append("apply_b_dec_to_input: false")
     if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
-        norms_F = W_dec_FD.norm(dim=-1)
-        W_enc_DF, b_enc_F, W_dec_FD = W_enc_DF * norms_F, b_enc_F * norms_F.double(), W_dec_FD / norms_F[:, None]
+        W_enc_DF, b_enc_F, W_dec_FD = _rescale_by_decoder_norm(W_enc_DF, b_enc_F, W_dec_FD)
+        folded.append("rescale_acts_by_decoder_norm")
     settings: dict[str, Any] = {"d_sae": cfg["d_sae"], "normalize": "none"}
     if architecture == "topk":
         settings["k"] = cfg["k"]
@@ -294,6 +362,10 @@ def read_saelens_folder(folder: Union[str, Path]) -> SparseAutoencoder:
         raise ArtifactError(f"{folder / SAELENS_CFG_FILE} does not describe an SAE this product can run ({ex})") from None
     state = {"W_enc_DF": W_enc_DF, "W_dec_FD": W_dec_FD, "b_enc_F": b_enc_F.float(), "b_dec_D": w["b_dec"],
              "norm_shift_D": torch.zeros(d_in), "norm_scale_D": torch.ones(d_in)}
+    bad = non_finite_tensor(state)
+    if bad is not None:  # the folder's own weights are finite: folding overflowed float32
+        raise ArtifactError(f"{folder / SAELENS_WEIGHTS_FILE}: folding {' and '.join(folded)} into the weights makes "
+                            f"{bad.rsplit('_', 1)[0]} overflow float32 (inf or NaN); this SAE cannot be run in float32")
     if architecture == "jumprelu":
         state["threshold_param_F"] = w["threshold"]
     load_state_strict(sae, {k: v.contiguous() for k, v in state.items()}, str(folder), "SAELens folder")

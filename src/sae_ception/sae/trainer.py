@@ -16,8 +16,9 @@ With several processes (batch sizes are global, utils/batching.py) every process
 computes its share of each; in one collective per step the gradients, weighted by each share's rows, are
 averaged (so the step is the single-process step up to floating-point order), the processes learn which
 latents fired on any of their rows (so all agree on the dead latents) and the batch's mean (for its explained
-variance). What still depends on the split: BatchTopK keeps the top k x rows of each process's share, not of
-the whole batch, and TopK's AuxK loss is normalised by each share's residual, not the batch's.
+variance); every process starts from rank 0's initialisation (`start_from_main_process`). What still depends on
+the split: BatchTopK keeps the top k x rows of each process's share, not of the whole batch, and TopK's AuxK loss
+is normalised by each share's residual, not the batch's.
 """
 
 import math
@@ -178,6 +179,16 @@ def _mean_over_processes(values: Tensor, accelerator: Accelerator) -> Tensor:
     return accelerator.reduce(values, reduction="mean") if accelerator.num_processes > 1 else values
 
 
+@torch.no_grad()
+def start_from_main_process(sae: SparseAutoencoder) -> None:
+    """Copy rank 0's parameters and buffers into every process's `sae` (one broadcast per tensor; every process
+    must call it), as DDP does for the classifier: the SAE is not DDP-wrapped, and its steps stay identical
+    across processes only if it starts identical. Each process seeds its stage alike, so this changes nothing
+    unless some random number was drawn differently (e.g. a process's own dropout stream)."""
+    for tensor in [*sae.parameters(), *sae.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
+
+
 def diverged(cfg: SAEConfig, what: str, how: str) -> DivergenceError:
     """`sae.lr=1e+30: SAE training of cycle 0 diverged at step 12 (mse nan); lower sae.lr`."""
     return DivergenceError(f"sae.lr={cfg.lr:g}: {what} diverged {how}; lower sae.lr")
@@ -224,6 +235,8 @@ def train_sae(
     sae.set_normalization(acts_ND)
     device, generator = accelerator.device, torch.Generator().manual_seed(seed)
     sae = sae.to(device)
+    if accelerator.num_processes > 1:
+        start_from_main_process(sae)
     optimizer = make_optimizer(sae, cfg.lr)
     n, rank, world = len(acts_ND), accelerator.process_index, accelerator.num_processes
     check_rows_per_process(cfg.batch_size, 1, world, "sae.batch_size")

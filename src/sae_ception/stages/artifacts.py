@@ -34,11 +34,6 @@ def _same_weights(a: Path, b: Path) -> bool:
     return _same_state(load_checkpoint(a)[0], load_checkpoint(b)[0])
 
 
-def _same_sae(source: Path, target: Path) -> bool:
-    """Whether the SAE in `source` (either format, as imported) has the weights of the checkpoint `target`."""
-    return _same_state(load_any_sae(source).state_dict(), load_checkpoint(target)[0])
-
-
 def _explicit(ctx: RunContext, value: Optional[str], cycle: int) -> Optional[Path]:
     """An `inputs.*` path applies to the cycle the script works on (`cycle.current`) only."""
     return Path(value) if value and cycle == ctx.cfg.cycle.current else None
@@ -70,8 +65,12 @@ def require_sae(ctx: RunContext, cycle: int, setting: str = "cycle.current") -> 
     """Fail before any work unless SAE N is in the run folder or given as a fitting `inputs.sae`."""
     explicit = _explicit(ctx, ctx.cfg.inputs.sae, cycle)
     if explicit:
-        _check_source(explicit, ctx.layout.sae(cycle), "inputs.sae", same=_same_sae, expected=f"a folder holding {EXPECTED_FILES}")
-        _check_sae_fits(ctx, _explicit_sae(explicit), f"inputs.sae={explicit}")
+        if not explicit.exists():
+            raise ArtifactError(f"inputs.sae={explicit} does not exist; give a folder holding {EXPECTED_FILES}")
+        sae = _explicit_sae(explicit)  # every check of the folder (config, weights, finite folded weights) runs here
+        _check_source(explicit, ctx.layout.sae(cycle), "inputs.sae", same=lambda source, target: _same_state(
+            sae.state_dict(), load_checkpoint(target)[0]), expected=f"a folder holding {EXPECTED_FILES}")
+        _check_sae_fits(ctx, sae, f"inputs.sae={explicit}")
     elif not checkpoint_exists(ctx.layout.sae(cycle)):
         raise ArtifactError(
             f"{setting}={cycle}: no SAE for cycle {cycle} in {ctx.layout.root}; run scripts/train_sae.py first, or give inputs.sae=PATH"
@@ -80,7 +79,8 @@ def require_sae(ctx: RunContext, cycle: int, setting: str = "cycle.current") -> 
 
 def _explicit_sae(path: Path):
     """The SAE of an `inputs.sae` folder (this product's checkpoint or a SAELens folder); a folder that is
-    neither, or damaged, is one ArtifactError naming the setting."""
+    neither, damaged (a malformed cfg.json, a truncated weights file) or whose weights are not finite once
+    read is one ArtifactError naming the setting, raised by the preflight before the run folder gets a file."""
     try:
         return load_any_sae(path)
     except ArtifactError as ex:

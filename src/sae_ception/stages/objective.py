@@ -9,11 +9,19 @@ each job returns. The results files report the test split; a test figure never s
   none of whose latents fires on the validation rows leaves its code-based metrics undefined, as the test results
   do). scripts/train_cycle.py hands Hydra None for it: the Optuna sweeper then marks the trial FAILED and the
   search goes on (a NaN would stop the whole search with a traceback in hydra-optuna-sweeper 1.3 / Optuna 2.10).
-- A rerun of a finished job (a resumed sweep) reuses objective.json when it was measured for the same metric
-  and cycle on the same checkpoint files (size and modification time); otherwise it is measured again.
+- objective.json's own record is the objective the run measured or reused last (what its last invocation with
+  an objective returned); `other_metrics` keeps, by metric, the records of the other objectives measured on the
+  same checkpoints. A rerun of a finished job (a resumed sweep) reuses a record measured for its metric on the
+  validation split at its last cycle on the same checkpoint files (size and modification time), from either
+  place, so switching `objective` back and forth measures each metric once; the reused record becomes the file's
+  own. Otherwise the metric is measured again and a log line says what the file's record differs in (the
+  metric, the split, the cycle, or which checkpoint was written again); records of other checkpoints are dropped.
+- With `objective=null` the run returns None and neither reads nor changes objective.json: a file left by an
+  earlier invocation stays, a record of the metric it names (a log line says so), never this run's objective.
 - Before anything is trained, a validation split without examples is refused (`check_validation_split`), as
   are, with the settings (evaluation/objective_metrics.py), an unknown metric, an Optuna sweep without an
-  objective and a sweep direction opposite to the metric's better way.
+  objective, invalid sweeper settings and a sweep direction opposite to the metric's better way. The other
+  scripts refuse `objective` (entrypoints.py): only this one measures it.
 """
 
 from __future__ import annotations
@@ -58,25 +66,56 @@ def _stamps(ctx: RunContext, cycle: int) -> dict[str, list[int]]:
     return stamps
 
 
-def _recorded(path: Path, metric: str, cycle: int, stamps: dict[str, list[int]]) -> Optional[dict]:
-    """The record in objective.json when it is for this metric, cycle and checkpoints (else None, said in a log
-    line when a record was there: it is measured again)."""
+RECORD_KEYS = ("metric", "split", "cycle", "value", "direction", "num_examples", "sae_degenerate", "artifacts")
+
+
+def _read(path: Path) -> Optional[dict]:
+    """objective.json as written (its record, and `other_metrics`: {metric: record}), or None when there is none
+    or it is damaged (said in a warning: the objective is measured again)."""
     if not path.is_file():
         return None
     try:
-        record = read_json(path, remedy="it is measured again")
-        current = (record["metric"], record["split"], record["cycle"], record["artifacts"])
-        value = record["value"]
-        if value is not None and not isinstance(value, (int, float)):
-            raise TypeError("value is not a number")
+        saved = read_json(path, remedy="it is measured again")
+        others = saved.get("other_metrics", {}) if isinstance(saved, dict) else None
+        if not isinstance(others, dict):
+            raise TypeError("not a record with other_metrics by metric")
+        for record in (saved, *others.values()):
+            missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
+            if record["value"] is not None and not isinstance(record["value"], (int, float)):
+                raise TypeError(f"the value of {record['metric']} is not a number")
     except (ArtifactError, KeyError, TypeError) as ex:
-        log.warning("%s is damaged (%s); measuring the objective again", path, str(ex).split("; ")[0])
+        log.warning("%s is damaged (%s); measuring the objective again", path, str(ex).strip("'\"").split("; ")[0])
         return None
-    if current != (metric, OBJECTIVE_SPLIT, cycle, stamps):
-        log.info("%s is for %s on the %s split at cycle %d of other checkpoints; measuring %s again", path,
-                 record["metric"], record["split"], record["cycle"], metric)
-        return None
-    return record
+    return saved
+
+
+def _on_these_checkpoints(saved: dict, cycle: int, stamps: dict[str, list[int]]) -> dict[str, dict]:
+    """The records in objective.json (its own and other_metrics) measured on the validation split at `cycle` on
+    the checkpoints of these stamps, by metric."""
+    own = {key: value for key, value in saved.items() if key != "other_metrics"}
+    return {record["metric"]: record for record in (*saved.get("other_metrics", {}).values(), own)
+            if (record["split"], record["cycle"], record["artifacts"]) == (OBJECTIVE_SPLIT, cycle, stamps)}
+
+
+def _what_differs(saved: dict, metric: str, cycle: int, stamps: dict[str, list[int]]) -> str:
+    """Why objective.json holds no record for `metric` here: what its records differ in from the one wanted (the
+    metric, the split, the cycle, or which checkpoint was written again since)."""
+    differs = []
+    if saved["metric"] != metric:
+        differs.append(f"it holds {', '.join([saved['metric'], *saved.get('other_metrics', {})])}, not {metric}")
+    if saved["split"] != OBJECTIVE_SPLIT:
+        differs.append(f"it was measured on the {saved['split']} split, not {OBJECTIVE_SPLIT}")
+    if saved["cycle"] != cycle:
+        differs.append(f"it is for cycle {saved['cycle']}, not the last cycle {cycle}")
+    elif saved["artifacts"] != stamps:
+        changed = [f"{name}_cycle_{cycle}" for name in stamps if saved["artifacts"].get(name) != stamps[name]]
+        differs.append(f"{' and '.join(changed)} {'was' if len(changed) == 1 else 'were'} written again since it "
+                       "was measured")
+    if len(differs) == 1 and saved["metric"] != metric:
+        differs[0] += " (measured on these checkpoints)"
+    return "; ".join(differs)
 
 
 def measure_objective(ctx: RunContext, metric: str, cycle: int) -> dict[str, Any]:
@@ -109,18 +148,29 @@ def measure_objective(ctx: RunContext, metric: str, cycle: int) -> dict[str, Any
 def run_objective(ctx: RunContext) -> Optional[float]:
     """The value of `objective` for the run's last cycle (`cycle.max_cycles`) on the validation split: reused
     from results/objective.json or measured and written there (atomically), logged, and sent to wandb's
-    summary. None when no objective is set; NaN when the metric is undefined there."""
+    summary. None when no objective is set (objective.json is then neither read nor changed); NaN when the
+    metric is undefined there."""
     metric = ctx.cfg.objective
-    if metric is None:
-        return None
     cycle, path = ctx.cfg.cycle.max_cycles, objective_path(ctx)
-    record = _recorded(path, metric, cycle, _stamps(ctx, cycle))
+    if metric is None:
+        if path.is_file():
+            log.info("objective=null: %s is left from an earlier invocation that set an objective; it is that "
+                     "invocation's record, not this run's objective", path)
+        return None
+    stamps = _stamps(ctx, cycle)
+    saved = _read(path)
+    records = _on_these_checkpoints(saved, cycle, stamps) if saved is not None else {}
+    record = records.pop(metric, None)
     if record is not None:
-        log.info("objective: found %s, reusing it (resume)", path)
+        log.info("objective: found %s in %s, reusing it (resume)", metric, path)
     else:
+        if saved is not None:
+            log.info("%s: %s; measuring %s on the %s split at cycle %d", path,
+                     _what_differs(saved, metric, cycle, stamps), metric, OBJECTIVE_SPLIT, cycle)
         record = measure_objective(ctx, metric, cycle)
-        if ctx.accelerator.is_main_process:
-            write_json(path, record)
+    content = {**record, "other_metrics": records}  # its own record is the objective returned last
+    if ctx.accelerator.is_main_process and content != saved:
+        write_json(path, content)
     value = record["value"]
     better = {"maximize": "higher is better", "minimize": "lower is better"}.get(record["direction"], "no better way")
     if value is None:

@@ -29,6 +29,7 @@ from sae_ception.utils.batching import (Share, example_lengths, inference_batche
 from sae_ception.utils.distributed import check_rows_per_process
 from sae_ception.utils.io import non_finite_tensor
 from sae_ception.utils.progress import progress_bar
+from sae_ception.utils.seeding import rejoin_main_stream, seed_process_stream
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,31 @@ def select_trainable(model: Classifier, prefixes: list[str]) -> list[torch.nn.Pa
     return [param for name, param in model.named_parameters() if name in chosen]
 
 
+def outside_forward(model: Classifier, x, device, autocast: Callable = contextlib.nullcontext) -> list[str]:
+    """Names of the trainable parameters (`requires_grad`) that no gradient of the logits reaches: parameters off
+    the forward path, such as a pretrained encoder's pooler (BERT/MiniLM's `backbone.pooler.*`, computed by the
+    backbone but never read by the head). `x`: a batch of inputs (one row suffices, [1, ...] or a dict of token
+    tensors), fed in eval mode so no random number is drawn (no dropout); the model's mode is restored. One
+    forward and one backward pass; the parameters' `.grad` are left as they were. Every loss the classifier
+    trains on (task and auxiliary) is computed from the logits' graph, so these parameters never get a gradient:
+    one process never changes them, and DDP, which expects a gradient for every parameter it reduces, would
+    stop at the second step."""
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if not named:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), autocast():
+            logits = model(to_device(x, device))
+        if not logits.requires_grad:
+            return [name for name, _ in named]
+        grads = torch.autograd.grad(logits.float().sum(), [param for _, param in named], allow_unused=True)
+    finally:
+        model.train(was_training)
+    return [name for (name, _), grad in zip(named, grads) if grad is None]
+
+
 @torch.no_grad()
 def evaluate_classifier(model: Classifier, split: Split, accelerator: Accelerator, batch_size: int) -> dict[str, float]:
     if len(split.y) == 0:
@@ -191,11 +217,30 @@ def train_classifier(
     Raises DivergenceError, one line naming `what` (default: "<stage> training"), the epoch and `lr_setting`
     (the setting that gave `schedule.lr`), when an epoch's mean training losses or its validation loss are
     not finite, or a weight is not finite at the end; ConfigError when a (micro-)batch has fewer rows than
-    there are processes."""
+    there are processes.
+
+    Parameters off the forward path (`outside_forward`, e.g. a pretrained encoder's pooler) are not trained,
+    with one process or several: no loss reaches them, so one process leaves them unchanged anyway, and DDP
+    wraps only parameters that get a gradient at every step. Dropout: with several processes each process
+    draws its own masks for its own rows (`seed_process_stream`): rank 0 continues the stream one process would
+    use, the others are reseeded from `generator`'s seed and their rank; after training every process takes
+    rank 0's stream again. Runs with N processes and dropout are therefore equal to one process in
+    distribution, not in value."""
     what = what or f"{stage} training"
     rank, world = accelerator.process_index, accelerator.num_processes
     check_rows_per_process(schedule.batch_size, schedule.gradient_accumulation_steps, world, "model.batch_size")
     params = select_trainable(model, list(trainable))
+    if len(train.y):
+        model = model.to(accelerator.device)  # as `prepare` would: the probe runs where training runs
+        unused = set(outside_forward(model, take(train.x, torch.arange(1)), accelerator.device, accelerator.autocast))
+        if unused:
+            for name, param in model.named_parameters():
+                if name in unused:
+                    param.requires_grad_(False)
+            params = [param for param in params if param.requires_grad]
+            shown = sorted(unused)
+            log.info("%s: %d parameter tensors receive no gradient from the classifier's output and are not trained "
+                     "(%s)", stage, len(shown), ", ".join(shown if len(shown) <= 6 else shown[:6] + ["..."]))
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     n, steps_per_epoch = len(train.y), num_batches(len(train.y), schedule.batch_size)
     total_steps = max(1, steps_per_epoch * schedule.epochs)
@@ -203,6 +248,7 @@ def train_classifier(
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    seed_process_stream(generator.initial_seed(), rank, world)  # dropout: each process its own masks
     device = accelerator.device
     targets_ND = aux.targets_ND.to(device) if aux is not None else None
     center_D = aux.center(device) if aux is not None else None
@@ -244,6 +290,8 @@ def train_classifier(
         if keep_best and val_metrics["accuracy"] > best["val_accuracy"]:
             best = {"val_accuracy": val_metrics["accuracy"], "epoch": epoch, "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}}
     bar.close()
+    if world > 1:  # every process continues with rank 0's stream (a collective: every process reaches it)
+        rejoin_main_stream(accelerator)
 
     model = accelerator.unwrap_model(model)
     bad = non_finite_tensor(dict(model.named_parameters()))

@@ -1,8 +1,10 @@
 """Several processes (torchrun / `accelerate launch`): who logs, what the run says about its processes, and which
 batch sizes cannot be split across them.
 
-Only the main process (rank 0) writes files and INFO lines; the others print warnings and errors only, prefixed
-with their rank (`RankFilter`, `RankFormatter`, installed by configs/hydra/job_logging/sae_ception.yaml).
+Only the main process (rank 0) writes files, INFO lines and warnings; the others print errors only, prefixed with
+their rank (`RankFilter`, `RankFormatter`, installed by configs/hydra/job_logging/sae_ception.yaml): every process
+computes the same warnings, which would repeat the main process's. An error found before the run starts is the
+same on every process and printed by rank 0 alone (cli.run_task); a later error of another rank is printed by it.
 Importing this module loads neither torch nor accelerate: Hydra imports it while it sets up logging."""
 
 from __future__ import annotations
@@ -22,20 +24,21 @@ def process_rank() -> int:
 
 
 class RankFilter(logging.Filter):
-    """On the main process every record passes; on another rank only warnings and errors (its INFO lines would
-    repeat the main process's)."""
+    """On the main process every record passes; on another rank only errors (ERROR and above): its INFO lines and
+    warnings are computed alike by every process and would repeat the main process's, while an error may be that
+    rank's own (cli.run_task keeps the errors every process finds before the run starts to rank 0)."""
 
     def __init__(self, name: str = ""):
         super().__init__(name)
         self.rank = process_rank()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.rank == 0 or record.levelno >= logging.WARNING
+        return self.rank == 0 or record.levelno >= logging.ERROR
 
 
 class RankFormatter(logging.Formatter):
-    """The product's format; on a rank other than 0 each line starts with `[rank N] `, so a warning or error
-    says which process printed it."""
+    """The product's format; on a rank other than 0 each line starts with `[rank N] `, so an error says which
+    process printed it."""
 
     def __init__(self, fmt: Optional[str] = None, datefmt: Optional[str] = None, style: str = "%"):
         super().__init__(fmt, datefmt, style)
