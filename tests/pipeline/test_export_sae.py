@@ -81,6 +81,28 @@ def test_a_saelens_export_fed_back_with_inputs_sae_is_used(caplog, run, tmp_path
         assert after[key] == pytest.approx(before[key], rel=1e-4, abs=1e-6), key
 
 
+def test_a_saelens_sae_that_does_not_fit_the_models_activations_is_named_as_given_not_as_diverged(caplog, run,
+                                                                                                      tmp_path):
+    """A SAELens SAE of the right width trained for something else (here: random weights, decoder scaled up) is
+    stopped at evaluation for reconstructing the training rows far worse than their mean; the line says it was
+    given as inputs.sae, not that a learning rate of this run diverged (this run never trained it)."""
+    folder, _ = run
+    sae = StandardSAE(StandardSAEConfig(d_in=16, d_sae=32))
+    with torch.no_grad():
+        sae.W_dec.mul_(100.0)
+    sae.save_model(tmp_path / "foreign")
+    caplog.set_level(logging.INFO)
+    entry = ENTRYPOINTS["train_cycle"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(entry.task, tmp_path / "new", ["cycle.max_cycles=0", f"inputs.sae={tmp_path / 'foreign'}",
+                                                      f"inputs.model={folder / 'checkpoints' / 'model_cycle_1'}"],
+                       entry.preflight)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert exit_info.value.code == 2 and len(errors) == 1, errors
+    assert f"was given as inputs.sae ({(tmp_path / 'foreign').resolve()}) and does not fit model 0's activations" \
+        in errors[0] and "sae.lr" not in errors[0], errors[0]
+
+
 def test_a_saelens_folder_of_another_width_stops_train_cycle_with_one_line(tmp_path):
     StandardSAE(StandardSAEConfig(d_in=8, d_sae=32)).save_model(tmp_path / "sae8")
     proc = run_script("train_cycle.py", *TINY, f"run_dir={tmp_path / 'run'}", f"inputs.sae={tmp_path / 'sae8'}")

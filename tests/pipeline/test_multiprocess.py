@@ -124,6 +124,23 @@ def test_an_error_found_before_the_run_starts_is_printed_once(runs, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_explicit_inputs_are_imported_by_every_process_without_a_deadlock(runs, tmp_path):
+    """inputs.model and inputs.sae are copied in once by the main process while the others wait; the activations
+    stage (main-only work) used to wait for that copy a second time, alone, and hang for good. The run finishes
+    and uses the given SAE, as with one process."""
+    one_dir, _ = runs[1]
+    given = (f"inputs.model={one_dir}/checkpoints/model_cycle_1", f"inputs.sae={one_dir}/checkpoints/sae_cycle_1",
+             "cycle.max_cycles=0")
+    results = {}
+    for n in (1, 2):
+        result = _launch(tmp_path / f"p{n}", n, *given)
+        assert result.returncode == 0, f"{n} processes: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        results[n] = _flat(json.loads((tmp_path / f"p{n}" / "results" / "cycle_0.json").read_text())["metrics"])
+    reference = _flat(json.loads((one_dir / "results" / "cycle_1.json").read_text())["metrics"])
+    for key in ("sae/mse", "sae/l0", "performance/accuracy"):  # the given model and SAE, not fresh ones
+        assert results[2][key] == pytest.approx(results[1][key], rel=RELATIVE) == pytest.approx(reference[key], rel=RELATIVE)
+
+
 # --- a transformer with a parameter off its forward path ---------------------------------------------------------------
 TEXT_WORDS = ["good", "bad", "film", "plot", "great", "awful", "the", "a"]
 

@@ -21,7 +21,7 @@ from sae_ception.activations import (SPLITS, SplitActivations, collect_activatio
                                      manifest_says_finite, write_manifest)
 from sae_ception.errors import DivergenceError
 from sae_ception.run import RunContext
-from sae_ception.stages.artifacts import model_for_cycle
+from sae_ception.stages.artifacts import import_model, load_cycle_model
 from sae_ception.utils.batching import example_lengths
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _write_activations(ctx: RunContext, cycle: int, path) -> Optional[str]:
         shutil.rmtree(path)
     if not path.is_dir():
         with ctx.timed("activations", cycle):
-            model = model_for_cycle(ctx, cycle)
+            model = load_cycle_model(ctx, cycle)  # imported by every process before (import_model)
             collect_activations(model, ctx.splits, ctx.accelerator, ctx.cfg.eval_batch_size, path,
                                 dtype=ctx.cfg.activation_dtype, tokens=ctx.cfg.sae.token_level)
         problem = activation_problem(path, ctx)
@@ -97,6 +97,7 @@ def activations_for_cycle(ctx: RunContext, cycle: int) -> dict[str, SplitActivat
     if cycle in ctx.activation_cache:
         return ctx.activation_cache[cycle]
     path = ctx.layout.activations(cycle)
+    import_model(ctx, cycle)  # a collective (an inputs.model is copied in once): every process, before main-only work
     failure = None
     if ctx.accelerator.is_main_process:
         failure = _write_activations(ctx, cycle, path)

@@ -103,8 +103,9 @@ def _import_once(ctx: RunContext, target: Path, save: Callable[[], None], what: 
     ctx.accelerator.wait_for_everyone()
 
 
-def model_for_cycle(ctx: RunContext, cycle: int) -> Classifier:
-    """Model N of this run (importing `inputs.model` as model N when given for the current cycle)."""
+def import_model(ctx: RunContext, cycle: int) -> None:
+    """Make sure model N is in the run folder, importing `inputs.model` as model N when given for the current
+    cycle. Every process must call it (it waits for the main process's copy): never from main-only code."""
     require_model(ctx, cycle)
     target, explicit = ctx.layout.model(cycle), _explicit(ctx, ctx.cfg.inputs.model, cycle)
     if explicit:
@@ -114,9 +115,28 @@ def model_for_cycle(ctx: RunContext, cycle: int) -> Classifier:
             save_model(model, target, extra={"imported_from": str(explicit.resolve())})
 
         _import_once(ctx, target, save, f"inputs.model={explicit}")
+
+
+def load_cycle_model(ctx: RunContext, cycle: int) -> Classifier:
+    """Model N from the run folder (after `import_model`); no collective, so main-only code may call it."""
     model = new_model(ctx, pretrained_weights=False)
-    load_model(target, model, setting=f"checkpoint of cycle {cycle}")
+    load_model(ctx.layout.model(cycle), model, setting=f"checkpoint of cycle {cycle}")
     return model
+
+
+def model_for_cycle(ctx: RunContext, cycle: int) -> Classifier:
+    """Model N of this run (importing `inputs.model` as model N when given for the current cycle). Every process
+    must call it (see `import_model`)."""
+    import_model(ctx, cycle)
+    return load_cycle_model(ctx, cycle)
+
+
+def imported_from(folder: Path) -> Optional[str]:
+    """Where a checkpoint of this run was imported from (`inputs.model` / `inputs.sae`), None if made here."""
+    try:
+        return load_checkpoint(folder)[1].get("extra", {}).get("imported_from")
+    except ArtifactError:
+        return None
 
 
 def sae_for_cycle(ctx: RunContext, cycle: int):

@@ -38,7 +38,7 @@ from sae_ception.evaluation.sae_quality import sae_quality
 from sae_ception.run import RunContext
 from sae_ception.sae.trainer import DIVERGED_EXPLAINED_VARIANCE, fit_on_training_rows
 from sae_ception.stages.activations import activations_for_cycle
-from sae_ception.stages.artifacts import model_for_cycle, sae_for_cycle
+from sae_ception.stages.artifacts import imported_from, model_for_cycle, sae_for_cycle
 from sae_ception.stages.auxiliary import auxiliary_metrics
 from sae_ception.training.classifier import lr_setting_of
 from sae_ception.utils.io import load_tensors, read_json, save_tensors, write_json
@@ -94,6 +94,12 @@ def _diverged(ctx: RunContext, cycle: int, what: str, culprit: str) -> Divergenc
     """`culprit`: "SAE" (named with sae.lr) or "model" (with the learning rate that trained it)."""
     if culprit == "SAE":
         setting, lr, path = "sae.lr", ctx.cfg.sae.lr, ctx.layout.sae(cycle)
+        source = imported_from(path)
+        if source is not None:  # not trained here: no learning rate of this run is to blame
+            return DivergenceError(f"evaluation of cycle {cycle} stopped: {what}; the SAE of cycle {cycle} was given "
+                                   f"as inputs.sae ({source}) and does not fit model {cycle}'s activations (trained on "
+                                   "another model, layer or input scale?): give an SAE trained on this model's target "
+                                   "layer, or drop inputs.sae to train one")
     else:
         (setting, lr), path = lr_setting_of(ctx.cfg, cycle), ctx.layout.model(cycle)
     return DivergenceError(f"{setting}={lr:g}: evaluation of cycle {cycle} stopped: {what}; the {culprit} of cycle "
