@@ -92,6 +92,16 @@ def _refused_run_setting(ex: BaseException) -> Optional[str]:
     return None if key.split(".", 1)[0] in COMMAND_LINE_SETTINGS or key.startswith("hydra") else typed
 
 
+def exit_with_error_line(line: str) -> None:
+    """Release a sweep folder no job used, print `error: <line>` on stdout in the product's log format (whatever
+    logging Hydra set up: a sweep's launcher logs as "[HYDRA]") and exit with status 2."""
+    ClaimSweepFolder.release_unused()
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (line,), None)
+    sys.stdout.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
+    sys.stdout.flush()
+    sys.exit(2)
+
+
 @contextlib.contextmanager
 def one_line_hydra_errors(run_settings_only: bool = False) -> Iterator[None]:
     """Around a `@hydra.main` function: Hydra's multi-line composition errors (exit 1) become the product's one
@@ -111,12 +121,9 @@ def one_line_hydra_errors(run_settings_only: bool = False) -> Iterator[None]:
             None if user_wants_full else hydra_error_line(ex) or (write_error_line(ex) if isinstance(ex, OSError) else None)
         if line is None:
             raise
-        ClaimSweepFolder.release_unused()
         if process_rank() == 0 or isinstance(ex, OSError):  # the same settings on every process: one line
-            # in the product's format whatever logging Hydra set up (a sweep's launcher logs as "[HYDRA]")
-            record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (line,), None)
-            sys.stdout.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
-            sys.stdout.flush()
+            exit_with_error_line(line)
+        ClaimSweepFolder.release_unused()
         sys.exit(2)
     finally:
         if not user_wants_full:

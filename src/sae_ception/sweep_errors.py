@@ -22,16 +22,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import logging
 import sys
 import traceback
 from pathlib import Path
 from typing import Iterator, Optional
 
-from sae_ception.cli import LOG_FORMAT, override_key
+from sae_ception.cli import exit_with_error_line, override_key
 from sae_ception.errors import ConfigError
 from sae_ception.evaluation.objective_metrics import OPTUNA_SWEEPER, check_sweeper
-from sae_ception.run_folder import ClaimSweepFolder
 
 NO_SLURM = 'Could not detect "srun"'  # submitit's SlurmExecutor, when srun is not on PATH
 NO_COMPLETED_TRIAL = "No trials are completed yet."  # Optuna's Study.best_trial with no COMPLETE trial
@@ -116,9 +114,4 @@ def one_line_plugin_errors() -> Iterator[None]:
         line = plugin_error_line(ex)
         if line is None:
             raise
-        ClaimSweepFolder.release_unused()
-        record = logging.getLogger("sae_ception").makeRecord("sae_ception", logging.ERROR, __file__, 0, "error: %s",
-                                                             (line,), None)
-        sys.stdout.write(logging.Formatter(LOG_FORMAT).format(record) + "\n")
-        sys.stdout.flush()
-        sys.exit(2)
+        exit_with_error_line(line)
