@@ -8,6 +8,7 @@
     python scripts/compare.py multirun/a multirun/b --where cycle.aux_loss=mse --baseline sharpening.type=class_mean
     python scripts/compare.py multirun/2026-11-21/20-00-00 --baseline "random, 0.1" --metrics sae/mse --out figs
     python scripts/compare.py multirun/2026-11-21/20-00-00 --wandb             # also log the table to wandb
+    python scripts/compare.py multirun/2026-11-30/09-00-00 --baseline transfer.method=none   # concept-transfer runs
 
 Groups are the settings that differ between the runs (the seed never groups; it is what is averaged).
 Each group's header gives its number of runs n; a cell is the mean ± the sample std of its runs (one run:
@@ -23,13 +24,24 @@ bars (one panel per --metrics key; default: accuracy, the SAE's CSI / U / ARI me
 
 --where KEY=VALUE ... keeps only the runs with those settings (e.g. one objective and weight of a larger sweep).
 
+Concept-transfer runs (scripts/transfer_concept.py, e.g. a `--multirun seed=0,1,2,3,4` sweep) are compared the
+same way, one entry per method of each run (settings: the run's plus transfer.method=<name>), so each method is
+a group (a column) and its rows are the method's measures concept/transfer, concept/preservation,
+concept/preservation_change, concept/specificity and its budget/* items, mean ± std over the seeds. They have no
+cycles: no "Δ since cycle 0" rows, and no --cycle. `--baseline transfer.method=none` (or the label, `none`,
+`finetune_head`) gives each method's paired difference from that method with its 95% interval; the PNG's default
+panels are the four concept/* measures. A run without results/transfer.json yet (still running) is left out
+with a note, even if some of its methods have finished. SAE-ception runs and concept-transfer runs cannot be
+compared in one table (one line, exit status 2).
+
 --wandb also logs the table (and, with --baseline, the paired CSV rows and PNG) as a wandb run named
 compare-<first folder>, job_type "compare", in the project, entity and mode the compared runs were logged with
 (their config.yaml), in their shared group (a sweep's jobs share one); offline, under the first folder.
 --wandb-mode offline|online overrides the runs' mode (needed when they were made with wandb disabled).
 
-A damaged file, a --by key no run has, a --where that matches no run, a --cycle some runs lack or a --baseline that names no single group is
-one line and exit status 2; what is unusual but comparable (runs still running, runs ending at different
+A damaged file, a --by key no run has, a --where that matches no run, a --cycle some runs lack (or any --cycle
+for concept-transfer runs), a --baseline that names no single group, or SAE-ception and concept-transfer runs
+together is one line and exit status 2; what is unusual but comparable (runs still running, runs ending at different
 cycles, unpaired seeds) is a `note:`.
 """
 
@@ -74,19 +86,24 @@ def _log_to_wandb(comparison, target, args, paired) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="*", type=Path, help="run folders, or folders holding them (a multirun sweep)")
+    parser.add_argument("folders", nargs="*", type=Path,
+                        help="run folders, or folders holding them (a multirun sweep): SAE-ception runs or "
+                             "concept-transfer runs (scripts/transfer_concept.py), not both")
     parser.add_argument("--by", nargs="*", default=None, metavar="KEY",
                         help="settings to group by, e.g. sharpening.type (default: those that differ)")
-    parser.add_argument("--cycle", type=int, default=None, help="cycle to compare (default: each run's last)")
+    parser.add_argument("--cycle", type=int, default=None,
+                        help="cycle to compare (default: each run's last; concept-transfer runs have none)")
     parser.add_argument("--all", action="store_true", help="also show the quantile metrics")
     parser.add_argument("--where", nargs="+", default=None, metavar="KEY=VALUE",
                         help="compare only the runs with these settings, e.g. cycle.aux_loss=mse cycle.aux_loss_weight=1.0")
     parser.add_argument("--baseline", default=None, metavar="GROUP",
                         help="also show each group's difference from this group, paired by seed, with its 95%% CI: "
-                             "a group label as the table prints it (e.g. 'random, 0.1') or key=value[,key=value]")
+                             "a group label as the table prints it (e.g. 'random, 0.1') or key=value[,key=value] "
+                             "(concept-transfer runs: e.g. transfer.method=none)")
     parser.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
                         help="with --baseline: the PNG's panels, e.g. performance/accuracy sae/mse (default: "
-                             "accuracy, the SAE's CSI / U / ARI means, the probe accuracies)")
+                             "accuracy, the SAE's CSI / U / ARI means, the probe accuracies; concept-transfer runs: "
+                             "the four concept/* measures)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="with --baseline: folder for paired_vs_<baseline>.csv and .png (default: the first folder)")
     parser.add_argument("--wandb", action="store_true",

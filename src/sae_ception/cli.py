@@ -39,7 +39,8 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 def run_entrypoint(name: str, hydra_cfg: DictConfig) -> Any:
     """Body of `scripts/<name>.py`."""
     entry = ENTRYPOINTS[name]
-    return run_task(hydra_cfg, entry.task, entry.preflight, from_run_folder=entry.from_run_folder, log_name=name)
+    return run_task(hydra_cfg, entry.task, entry.preflight, from_run_folder=entry.from_run_folder, log_name=name,
+                    parse=entry.parse)
 
 
 Task = Callable[[RunContext], Any]
@@ -317,7 +318,7 @@ def agreed_refusal(accelerator, refusal: Optional[SAECeptionError]) -> Optional[
 
 
 def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None, from_run_folder: bool = False,
-             log_name: Optional[str] = None) -> Any:
+             log_name: Optional[str] = None, parse: Callable[[DictConfig], Any] = parse_config) -> Any:
     """Validate, claim the run folder, check every input (`preflight`), then run `task` with the run's log file
     open. Exits with code 2 after one `error: ...` line for the user's errors (SAECeptionError, a failed write):
     an error found before the task starts is the same on every process and printed by rank 0 only (or by the
@@ -329,7 +330,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         overrides = command_line_overrides(hydra_cfg)
         if from_run_folder:
             hydra_cfg = config_from_run_folder(hydra_cfg, overrides)
-        cfg = parse_config(hydra_cfg)
+        cfg = parse(hydra_cfg)
         set_threads(cfg.threads)
         accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
         check_batch_sizes(cfg, accelerator.num_processes)

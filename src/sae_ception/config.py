@@ -146,8 +146,8 @@ class PathsConfig:
 
 
 @dataclass
-class Settings:
-    """The scalar settings at the top of config.yaml."""
+class CommonSettings:
+    """The scalar settings every script's run has (SAE-ception and concept transfer alike)."""
 
     seed: int = 0  # fixes data splits, initialisation and data order
     device: str = "auto"  # auto (CUDA when visible), cpu or cuda; several GPUs via `accelerate launch`
@@ -156,13 +156,8 @@ class Settings:
     run_dir: str = "outputs"  # the run folder (Hydra's run dir); give an existing one to resume it
     progress: bool = True  # tqdm progress bars
     eval_batch_size: int = 1024
-    eval_cycle: Optional[int] = None  # scripts/evaluate.py: only this cycle (null: every evaluable cycle)
     plots: bool = True  # write PNG plots (and send them to wandb) at the end of a run
-    activation_dtype: str = "float32"  # how cached activations are stored on disk: float32 | float16
     threads: str = "auto"  # CPU threads of this process: auto (CPUs it may use / processes on this machine) or N
-    # a metric (`family/name` of the results) that train_cycle.py measures on the VALIDATION split at the last
-    # cycle, writes to results/objective.json and returns: what `hydra/sweeper=optuna` optimises (null: none)
-    objective: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:
@@ -175,12 +170,26 @@ class Settings:
             raise ConfigError(
                 f"mixed_precision={self.mixed_precision!r} is not valid; use one of {', '.join(PRECISIONS)}"
             )
-        if self.activation_dtype not in ("float32", "float16"):
-            raise ConfigError(f"activation_dtype={self.activation_dtype!r} is not valid; use float32 or float16")
         if self.eval_batch_size <= 0:
             raise ConfigError(f"eval_batch_size={self.eval_batch_size} must be a positive integer")
         if self.threads != "auto" and not (self.threads.isdigit() and int(self.threads) > 0):
             raise ConfigError(f"threads={self.threads!r} is not valid; use auto or a positive integer")
+
+
+@dataclass
+class Settings(CommonSettings):
+    """The scalar settings at the top of config.yaml (SAE-ception runs)."""
+
+    eval_cycle: Optional[int] = None  # scripts/evaluate.py: only this cycle (null: every evaluable cycle)
+    activation_dtype: str = "float32"  # how cached activations are stored on disk: float32 | float16
+    # a metric (`family/name` of the results) that train_cycle.py measures on the VALIDATION split at the last
+    # cycle, writes to results/objective.json and returns: what `hydra/sweeper=optuna` optimises (null: none)
+    objective: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.activation_dtype not in ("float32", "float16"):
+            raise ConfigError(f"activation_dtype={self.activation_dtype!r} is not valid; use float32 or float16")
         if self.objective is not None:
             check_objective(self.objective)
         check_search(self.objective)  # inside an Optuna sweep: an objective, in its better direction
@@ -237,7 +246,7 @@ _PLAIN_GROUPS = {
 }
 
 
-def _typed(group: str, schema: type, values: Any) -> Any:
+def typed_section(group: str, schema: type, values: Any) -> Any:
     """Merge `values` onto `schema` and instantiate it; any type or name error becomes one line."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), values)
@@ -269,23 +278,33 @@ def unknown_key_message(key: str, schema: type, path: list[str]) -> str:
     return f"not a setting{closest(path[-1], valid, prefix)} (valid: {', '.join(valid)})"
 
 
-def parse_config(cfg: DictConfig) -> Config:
-    """Validate a composed Hydra config and return the typed `Config` (raises ConfigError)."""
+def config_container(cfg: DictConfig) -> dict:
+    """The composed config as plain, resolved Python values, without Hydra's own node (ConfigError when an
+    interpolation cannot be resolved)."""
     if "hydra" in cfg:  # the compose API's return_hydra_config: Hydra's own node is not a setting of the run
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
-        container = OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as ex:
         raise ConfigError(str(getattr(ex, "msg", ex)).splitlines()[0]) from None
+
+
+def registered_section(group: str, registry, key: str, values: Any) -> Any:
+    """A group whose `key` (e.g. `name`, `type`) selects a registered class: typed with that class's config."""
+    if not isinstance(values, dict) or key not in values:
+        raise ConfigError(f"{group}.{key} is missing; valid: {', '.join(registry.names())}")
+    return typed_section(group, registry.get(values[key]).config_class, values)
+
+
+def parse_config(cfg: DictConfig) -> Config:
+    """Validate a composed Hydra config and return the typed `Config` (raises ConfigError)."""
+    container = config_container(cfg)
     groups: dict[str, Any] = {}
     for group, (registry, key) in _REGISTERED_GROUPS.items():
-        values = container.pop(group, None)
-        if not isinstance(values, dict) or key not in values:
-            raise ConfigError(f"{group}.{key} is missing; valid: {', '.join(registry.names())}")
-        groups[group] = _typed(group, registry.get(values[key]).config_class, values)
+        groups[group] = registered_section(group, registry, key, container.pop(group, None))
     for group, schema in _PLAIN_GROUPS.items():
-        groups[group] = _typed(group, schema, container.pop(group, None) or {})
-    settings = _typed("", Settings, container)
+        groups[group] = typed_section(group, schema, container.pop(group, None) or {})
+    settings = typed_section("", Settings, container)
     try:
         return Config(**groups, **vars(settings))
     except TypeError as ex:  # pragma: no cover - a programming error in the schema

@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from sae_ception.config import parse_config
 from sae_ception.run import RunContext
 from sae_ception.errors import ConfigError
 from sae_ception.stages.artifacts import new_model, require_model, require_sae
@@ -15,6 +16,8 @@ from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.cycle import analyze, reevaluate, run_cycles
 from sae_ception.stages.objective import check_validation_split, run_objective
 from sae_ception.stages.sae import run_sae
+from sae_ception.stages.transfer import run_transfer, transfer_preflight
+from sae_ception.transfer.config import parse_transfer_config
 from sae_ception.training.classifier import trainable_names
 
 
@@ -23,6 +26,7 @@ class Entrypoint:
     task: Callable[[RunContext], Any]
     preflight: Optional[Callable[[RunContext], None]] = None
     from_run_folder: bool = False  # read the settings from run_dir/config.yaml (scripts on finished runs)
+    parse: Callable[[Any], Any] = parse_config  # the composed Hydra config -> the typed config of the script
 
 
 def _current(ctx: RunContext) -> int:
@@ -101,4 +105,5 @@ ENTRYPOINTS = {
                                   _no_objective("train_auxiliary", _auxiliary_preflight)),
     "evaluate": Entrypoint(reevaluate, _evaluate_preflight, from_run_folder=True),
     "analyze_features": Entrypoint(analyze, _evaluate_preflight, from_run_folder=True),
+    "transfer_concept": Entrypoint(run_transfer, transfer_preflight, parse=parse_transfer_config),
 }

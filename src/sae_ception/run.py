@@ -30,6 +30,9 @@ RESUME_NEUTRAL = {
     ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",),
     ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("analysis",), ("cycle", "max_cycles"), ("cycle", "current"),
     ("threads",), ("objective",),
+    # concept transfer: which methods run, and their settings (each method's result records its own settings and
+    # is recomputed when they change; models A and B do not depend on them)
+    ("concept", "methods"), ("concept", "save_edited"), ("concept", "target_images"), ("transfer",),
 }
 
 
@@ -75,6 +78,23 @@ class RunLayout:
 
     def plots(self) -> Path:
         return self.root / "plots"
+
+    # --- concept transfer (scripts/transfer_concept.py) ---------------------------------------------------
+    def source_model(self, which: str) -> Path:
+        """Model A or B of a concept-transfer run (`which`: "a" or "b"), trained once, shared by every method."""
+        return self.root / "checkpoints" / f"model_{which}"
+
+    def edited_model(self, method: str) -> Path:
+        """The copy of A a transfer method made."""
+        return self.root / "checkpoints" / f"edited_{method}"
+
+    def method_result(self, method: str) -> Path:
+        """One transfer method's measures, budget and settings (written when it finishes: resume skips it)."""
+        return self.root / "results" / "methods" / f"{method}.json"
+
+    def transfer_results(self) -> Path:
+        """Every method's results of a concept-transfer run, with models A and B's own figures."""
+        return self.root / "results" / "transfer.json"
 
     def model_cycles(self) -> list[int]:
         found = self.root.glob("checkpoints/model_cycle_*")
@@ -126,7 +146,7 @@ def check_resumable(layout: RunLayout, cfg: Config) -> None:
 def check_artifacts(layout: RunLayout) -> None:
     """Every checkpoint the run folder holds is readable (config.json parses, the weights file is whole), so a
     damaged one stops a resumed run before any training, naming it, instead of failing stages later."""
-    for folder in sorted(layout.root.glob("checkpoints/*_cycle_*")):
+    for folder in sorted(layout.root.glob("checkpoints/*")):
         if checkpoint_exists(folder):
             check_checkpoint(folder, f"delete {folder} (and the artifacts of later cycles) and rerun the same "
                                      "command to recompute it")

@@ -18,12 +18,36 @@ What the table claims, and what it refuses to claim:
 The spread of a group says nothing about whether it differs from another one: `compare.py --baseline GROUP`
 adds each group's difference from a baseline group, paired by seed, with a 95% interval
 (evaluation/compare_paired.py, on this module's `Comparison`; the statistics in evaluation/paired.py).
+
+Concept-transfer runs (scripts/transfer_concept.py: config.yaml + results/transfer.json) are compared the same
+way, read as one entry per method of the run: its settings are the run's plus `transfer.method: <name>` (so the
+methods are the groups, e.g. `--baseline transfer.method=none`), its folder the pseudo-path
+`<run>/results/methods/<name>` (distinct per entry, so nothing keyed by folder collides), and its one result
+("cycle 0") the method's measures `concept/transfer`, `concept/preservation`, `concept/preservation_change`,
+`concept/specificity` (and any other number among its measures, never the confusion matrix) and its budget
+`budget/target_images`, `budget/target_labels` (0/1), `budget/other_images`, `budget/gradient_steps`,
+`budget/parameters_changed`, and the numbers it reports about itself (`diagnostics/*`, e.g. the Procrustes
+residual of `procrustes_probe`). For such a comparison:
+- the table has no "Δ since cycle 0" rows, no "values at cycle N" line and no cycle notes (a transfer run has
+  no cycles), `--cycle` is refused, and `transfer.method` is added to an explicit `--by` that lacks it (a group
+  mixing methods would average different methods);
+- `concept.methods` and `concept.save_edited` never define a group (each method's result does not depend on
+  which other methods ran: every method starts from the run's seed), `concept.target_images` and every
+  `transfer.<method>.*` setting do;
+- a run still running (no results/transfer.json yet) is *pending*: left out with a note, even when some of its
+  methods have finished (results/methods/<name>.json). Only results/transfer.json says which methods, with which
+  settings, the run ended with: a method file may be left from an earlier invocation of a resumed run;
+- a damaged results/transfer.json (not JSON, no `methods` map, a method without `measures`/`budget` maps, a
+  measure or budget item that is not a number) is one ArtifactError line naming it and how to rewrite it; a run
+  whose results/transfer.json lacks a method its config.yaml lists (being resumed with more methods) is a note;
+- mixing SAE-ception runs and concept-transfer runs in one comparison is one ConfigError line naming some of each.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -36,14 +60,25 @@ from sae_ception.config_file import read_run_config
 from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.evaluation.report import GROWS_WITH_N_NOTE, flatten_metrics, grows_with_n, verdict
 from sae_ception.evaluation.results_file import read_results, results_remedy
+from sae_ception.utils.io import read_json
 
 # Settings that never define a group: where and how a run was logged, drawn or scheduled (none of them changes a
 # metric), and the seed being averaged over.
 NOT_A_GROUP = ("seed", "run_dir", "paths.", "wandb.", "progress", "resume", "inputs.", "eval_", "device",
-               "cycle.current", "plots", "analysis.", "threads", "objective")
+               "cycle.current", "plots", "analysis.", "threads", "objective",
+               # concept transfer: which other methods ran beside a method, and whether edited models were kept
+               "concept.methods", "concept.save_edited")
 RESULTS_NAME = re.compile(r"cycle_(\d+)\.json")
 UNSET = "unset"  # the group label of a run that does not have a grouping key at all (not the same as null)
 SHOWN = 3  # runs named in one message before "and N more"
+
+# The two kinds of run folder: SAE-ception (results/cycle_N.json) and concept transfer (results/transfer.json).
+CYCLES, TRANSFER = "sae-ception", "transfer"
+KIND_NAMES = {CYCLES: "SAE-ception runs", TRANSFER: "concept-transfer runs (scripts/transfer_concept.py)"}
+TRANSFER_RESULTS = Path("results") / "transfer.json"
+METHOD_FILES = Path("results") / "methods"  # <name>.json per finished method; a method entry's pseudo-folder
+METHOD = "transfer.method"  # the setting a transfer run's entry adds: the method's name
+MEASURES = ("transfer", "preservation", "preservation_change", "specificity")  # concept/* (evaluation/report.py)
 
 
 @dataclass
@@ -52,6 +87,22 @@ class RunResults:
     settings: dict[str, Any]  # flattened config.yaml
     by_cycle: dict[int, dict[str, float]]  # cycle -> flat metrics (empty: no results yet)
     degenerate: list[int] = field(default_factory=list)  # cycles whose SAE is degenerate (no latent fires)
+    kind: str = CYCLES  # CYCLES or TRANSFER
+    # a transfer method's entry: the run folder (`folder` is then <run>/results/methods/<method>, a pseudo-path)
+    run: Optional[Path] = None
+    finished_methods: list[str] = field(default_factory=list)  # a pending transfer run: its results/methods/*.json
+    # a transfer run's entry: methods its config.yaml lists that its results/transfer.json lacks (being resumed)
+    missing_methods: list[str] = field(default_factory=list)
+
+    @property
+    def run_folder(self) -> Path:
+        """The run folder this entry comes from (its own folder, but for a transfer method's entry)."""
+        return self.run if self.run is not None else self.folder
+
+    @property
+    def method(self) -> Optional[str]:
+        """A transfer method's entry: the method's name."""
+        return self.settings.get(METHOD) if self.run is not None else None
 
     @property
     def expected_last(self) -> Optional[int]:
@@ -101,9 +152,89 @@ def read_settings(config: Path) -> dict[str, Any]:
     return _flatten(tree)
 
 
-def read_run(folder: Path) -> RunResults:
-    """One run folder: its settings and every `results/cycle_N.json` (each checked; none yet is allowed)."""
+def is_transfer_run(folder: Path, settings: dict[str, Any]) -> bool:
+    """A concept-transfer run: it has results/transfer.json, or its config has the `concept` section's target."""
+    return (folder / TRANSFER_RESULTS).exists() or "concept.target" in settings
+
+
+def read_runs(folder: Path) -> list[RunResults]:
+    """One run folder as compared entries: an SAE-ception run is one (`read_run`), a concept-transfer run one per
+    method (`read_transfer_run`)."""
     settings = read_settings(folder / "config.yaml")
+    if is_transfer_run(folder, settings):
+        return read_transfer_run(folder, settings)
+    return [read_run(folder, settings)]
+
+
+def transfer_remedy(folder: Path) -> str:
+    """What to do about a damaged results/transfer.json: rerun the run into its folder (nothing is retrained)."""
+    return (f"rewrite it by rerunning scripts/transfer_concept.py with the run's settings and run_dir={folder} "
+            "(it keeps models A and B and every finished method, and rewrites the summary)")
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool))
+
+
+def _method_metrics(name: str, result: Any) -> tuple[dict[str, Optional[float]], Optional[str]]:
+    """A method's flat metrics (`concept/<measure>`, `budget/<item>`), or the problem that makes its result
+    damaged."""
+    if not isinstance(result, dict):
+        return {}, f"method {name!r} is not an object"
+    measures, budget = result.get("measures"), result.get("budget")
+    if not isinstance(measures, dict) or not isinstance(budget, dict):
+        return {}, f"method {name!r} has no {'measures' if not isinstance(measures, dict) else 'budget'} object"
+    missing = [m for m in MEASURES if m not in measures]
+    if missing:
+        return {}, f"method {name!r} has no measure {', '.join(map(repr, missing))}"
+    wrong = [m for m in MEASURES if not _number(measures[m])]
+    if wrong:
+        return {}, f"method {name!r}: measure {wrong[0]!r} is not a number"
+    wrong = [k for k, v in budget.items() if not (_number(v) or isinstance(v, bool))]
+    if wrong:
+        return {}, f"method {name!r}: budget item {wrong[0]!r} is not a number"
+    flat = {f"concept/{m}": measures[m] for m in MEASURES}
+    # any other number among the measures (a measure added later); the confusion matrix and its labels are lists
+    flat |= {f"concept/{k}": v for k, v in measures.items() if k not in MEASURES and _number(v) and v is not None}
+    flat |= {f"budget/{k}": int(v) if isinstance(v, bool) else v for k, v in budget.items()}
+    # what a method reports about itself (e.g. diagnostics/procrustes_residual), when it is a number
+    diagnostics = result.get("diagnostics")
+    if isinstance(diagnostics, dict):
+        flat |= {f"diagnostics/{k}": v for k, v in diagnostics.items() if _number(v) and v is not None}
+    return flat, None
+
+
+def read_transfer_run(folder: Path, settings: Optional[dict[str, Any]] = None) -> list[RunResults]:
+    """A concept-transfer run: one entry per method of its results/transfer.json (checked), each with the run's
+    settings plus `transfer.method` and its metrics as cycle 0, at the pseudo-folder <run>/results/methods/<name>.
+    Without results/transfer.json yet: one entry without results (pending), whatever results/methods/ holds."""
+    settings = read_settings(folder / "config.yaml") if settings is None else settings
+    path = folder / TRANSFER_RESULTS
+    if not path.is_file():
+        finished = sorted(p.stem for p in (folder / METHOD_FILES).glob("*.json") if p.is_file())
+        return [RunResults(folder=folder, settings=settings, by_cycle={}, kind=TRANSFER, finished_methods=finished)]
+    data = read_json(path, transfer_remedy(folder))
+    methods = data.get("methods") if isinstance(data, dict) else None
+    problem = None if isinstance(methods, dict) and methods else \
+        "no 'methods' object" if not isinstance(methods, dict) else "no method results"
+    listed = settings.get("concept.methods")
+    missing = [str(m) for m in listed if m not in methods] if isinstance(listed, (list, tuple)) and not problem else []
+    entries = []
+    for name, result in (methods.items() if problem is None else ()):
+        flat, problem = _method_metrics(name, result)
+        if problem:
+            break
+        entries.append(RunResults(folder=folder / METHOD_FILES / str(name), settings={**settings, METHOD: name},
+                                  by_cycle={0: flat}, kind=TRANSFER, run=folder, missing_methods=missing))
+    if problem:
+        raise ArtifactError(f"{path} is damaged ({problem}); {transfer_remedy(folder)}")
+    return entries
+
+
+def read_run(folder: Path, settings: Optional[dict[str, Any]] = None) -> RunResults:
+    """One SAE-ception run folder: its settings and every `results/cycle_N.json` (each checked; none yet is
+    allowed)."""
+    settings = read_settings(folder / "config.yaml") if settings is None else settings
     by_cycle, degenerate = {}, []
     files = [(int(m.group(1)), p) for p in (folder / "results").glob("cycle_*.json") if (m := RESULTS_NAME.fullmatch(p.name))]
     for cycle, path in sorted(files):
@@ -126,9 +257,9 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 def find_runs(folders: Iterable[Path]) -> list[RunResults]:
     """Every run folder (one holding config.yaml) at or below the given folders, each once, with its results
-    (possibly none yet: `compare` leaves those out and says so)."""
+    (possibly none yet: `compare` leaves those out and says so); a concept-transfer run is one entry per method."""
     folders = [Path(f) for f in folders]
-    runs: dict[Path, RunResults] = {}
+    runs: dict[Path, list[RunResults]] = {}
     for folder in folders:
         if not folder.exists():
             raise ArtifactError(f"{folder} does not exist; give run folders or sweep folders (multirun/<date>/<time>)")
@@ -137,13 +268,14 @@ def find_runs(folders: Iterable[Path]) -> list[RunResults]:
                                 f"{f' ({folder.parent.parent})' if folder.parent.name == 'results' else ''}")
         for config in sorted(folder.rglob("config.yaml")):
             if config.is_file() and not _is_hidden(config, folder) and config.parent.resolve() not in runs:
-                runs[config.parent.resolve()] = read_run(config.parent)
+                runs[config.parent.resolve()] = read_runs(config.parent)
     if not runs:
         hint = ""
         if any((f / "results").is_dir() or f.name == "results" for f in folders):
             hint = "; a results folder without config.yaml beside it is not a run folder"
-        raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json) under {name_list(folders)}{hint}")
-    return list(runs.values())
+        raise ArtifactError(f"no run folders (config.yaml + results/cycle_N.json or results/transfer.json) under "
+                            f"{name_list(folders)}{hint}")
+    return [entry for entries in runs.values() for entry in entries]
 
 
 def where(runs: list[RunResults], conditions: list[str]) -> list[RunResults]:
@@ -205,6 +337,12 @@ class Comparison:
     rows: list["MetricRow"]
     notes: list[str] = field(default_factory=list)
     cycles: dict[Path, int] = field(default_factory=dict)  # run folder -> the cycle compared
+    kind: str = CYCLES  # the kind of every compared run: CYCLES, or TRANSFER (no cycles: no Δ since cycle 0)
+
+    @property
+    def has_cycles(self) -> bool:
+        """SAE-ception runs: values at a cycle and changes since cycle 0. Concept-transfer runs have one result."""
+        return self.kind != TRANSFER
 
 
 @dataclass
@@ -271,19 +409,74 @@ def _compared_cycles(runs: list[RunResults], cycle: Optional[int]) -> tuple[dict
     return chosen, notes
 
 
+def run_folders(runs: Iterable[RunResults]) -> list[Path]:
+    """The run folders of `runs`, each once (a transfer run is several entries), in order."""
+    return list(dict.fromkeys(r.run_folder for r in runs))
+
+
+def _kind(runs: list[RunResults], cycle: Optional[int]) -> str:
+    """The one kind of run compared; mixing SAE-ception and concept-transfer runs, or `--cycle` on transfer runs,
+    is one ConfigError line."""
+    kinds = {r.kind for r in runs}
+    if len(kinds) > 1:
+        each = "; ".join(f"{KIND_NAMES[kind]}: {name_list(run_folders(r for r in runs if r.kind == kind))}"
+                         for kind in (CYCLES, TRANSFER))
+        raise ConfigError(f"these folders hold SAE-ception runs and concept-transfer runs, which have different "
+                          f"metrics and cannot share a table ({each}); compare the runs of one kind (give their "
+                          "folders, or select them with --where)")
+    kind = next(iter(kinds), CYCLES)
+    if kind == TRANSFER and cycle is not None:
+        raise ConfigError(f"--cycle {cycle}: concept-transfer runs have no cycles (one result per method); "
+                          "leave --cycle out")
+    return kind
+
+
+def _pending_note(pending: list[RunResults], kind: str) -> str:
+    folders = name_list(r.folder for r in pending)
+    if kind != TRANSFER:
+        return (f"left out {count_runs(len(pending))} without results yet (still running, or failed before cycle 0 "
+                f"was evaluated): {folders}")
+    partial = [f"{r.folder} ({', '.join(r.finished_methods)})" for r in pending if r.finished_methods]
+    return (f"left out {count_runs(len(pending))} without results/transfer.json yet (still running, or failed; it is "
+            f"written when every method has finished): {folders}"
+            + (f"; the methods some of them finished (results/methods/) are not used until then: {name_list(partial)}"
+               if partial else ""))
+
+
+def _missing_methods_note(runs: list[RunResults]) -> Optional[str]:
+    """Transfer runs whose results/transfer.json lacks methods their config.yaml lists (a resumed run still
+    running, with more methods than before)."""
+    missing = {run.run_folder: run.missing_methods for run in runs if run.missing_methods}
+    lacking = [f"{folder} lacks {', '.join(methods)}" for folder, methods in missing.items()]
+    if not lacking:
+        return None
+    return (f"{count_runs(len(lacking), 'has')} a results/transfer.json without some methods its config.yaml lists "
+            f"(resumed with more methods and still running, or stopped): {'; '.join(lacking[:SHOWN])}"
+            + (f"; and {len(lacking) - SHOWN} more" if len(lacking) > SHOWN else ""))
+
+
 def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle: Optional[int] = None) -> Comparison:
     """Per group and metric: mean ± std over runs of the value at `cycle` (default: each run's last)
-    and of its change since cycle 0. Runs without results yet are left out (with a note)."""
+    and of its change since cycle 0. Runs without results yet are left out (with a note). Concept-transfer runs
+    (one entry per method, see the module docstring): per group the mean ± std of each method's result."""
     notes = []
+    kind = _kind(runs, cycle)
     pending = [r for r in runs if not r.by_cycle]
     runs = [r for r in runs if r.by_cycle]
     if not runs:
-        raise ArtifactError(f"no results yet in {name_list(r.folder for r in pending)} (results/cycle_N.json is "
-                            "written when a cycle has been evaluated); wait for the runs, or give finished ones")
+        written = ("results/transfer.json is written when every method has finished" if kind == TRANSFER
+                   else "results/cycle_N.json is written when a cycle has been evaluated")
+        raise ArtifactError(f"no results yet in {name_list(r.folder for r in pending)} ({written}); "
+                            "wait for the runs, or give finished ones")
     if pending:
-        notes.append(f"left out {count_runs(len(pending))} without results yet (still running, or failed before cycle 0 "
-                     f"was evaluated): {name_list(r.folder for r in pending)}")
+        notes.append(_pending_note(pending, kind))
+    if kind == TRANSFER and (missing := _missing_methods_note(runs)):
+        notes.append(missing)
     group_by = list(dict.fromkeys(group_by)) if group_by is not None else varying_settings(runs)
+    if kind == TRANSFER and METHOD not in group_by and len({r.method for r in runs}) > 1:
+        group_by.append(METHOD)
+        notes.append(f"grouped by {METHOD} as well: a group of several methods would average different methods "
+                     f"(--where {METHOD}=NAME compares one method)")
     notes += _check_keys(runs, group_by)
     chosen, cycle_notes = _compared_cycles(runs, cycle)
     notes += cycle_notes
@@ -318,7 +511,7 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
             row.start[name] = _mean_std([s for s, _ in both])[0]
             row.end[name] = _mean_std([a for _, a in both])[0]
         rows.append(row)
-    return Comparison(group_by, groups, cycle, rows, notes, chosen)
+    return Comparison(group_by, groups, cycle, rows, notes, chosen, kind)
 
 
 def _finite(value: Optional[float]) -> bool:
@@ -338,8 +531,12 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
     for row in rows:
         label = row.metric + (GROWS_WITH_N_NOTE if grows_with_n(row.metric) else "")  # compare CH at equal N only
         cells.append((label, [_pm(*row.final[n], sizes[n]) for n in names]))
-        cells.append(("  Δ since cycle 0", [_pm(*row.change[n], sizes[n]) + _mark(row.metric, row.start[n], row.end[n])
-                                            for n in names]))
+        if comparison.has_cycles:
+            cells.append(("  Δ since cycle 0", [_pm(*row.change[n], sizes[n])
+                                                + _mark(row.metric, row.start[n], row.end[n]) for n in names]))
+    headers = [f"{n} (n={sizes[n]})" for n in names]
+    if not comparison.has_cycles:
+        return "\n".join(_transfer_legend(comparison) + table_lines(headers, cells))
     compared = sorted(set(comparison.cycles.values()))
     at = (f"cycle {comparison.cycle}" if comparison.cycle is not None
           else f"cycle {compared[0]} (each run's last)" if len(compared) == 1 else "each run's last cycle")
@@ -352,7 +549,24 @@ def format_comparison(comparison: Comparison, skip_quantiles: bool = True) -> st
         "ok/bad: whether the mean moved the better way",
         *(f"note: {note}" for note in comparison.notes),
     ]
-    return "\n".join(lines + table_lines([f"{n} (n={sizes[n]})" for n in names], cells))
+    return "\n".join(lines + table_lines(headers, cells))
+
+
+def _transfer_legend(comparison: Comparison) -> list[str]:
+    """The lines above a table of concept-transfer runs: what a group, a cell and each metric family are."""
+    runs = [r for members in comparison.groups.values() for r in members]
+    names = list(comparison.groups)
+    return [
+        f"grouped by: {', '.join(comparison.group_by) or 'nothing (one group)'}; "
+        f"{count_runs(len(run_folders(runs)))} of concept transfer, one result per method: {len(runs)} result"
+        f"{'' if len(runs) == 1 else 's'} in {len(names)} group{'' if len(names) == 1 else 's'} (n: runs per group)",
+        "a cell: mean ± sample std of the group's runs (their spread, not a confidence interval), the value alone "
+        "when n = 1, (n=k) when only k of them define it",
+        "concept/* on the test split: transfer = target images called the target (higher is better), preservation "
+        "= accuracy on A's classes (higher), preservation_change = its change from A (higher), specificity = "
+        "distractor images called the target (lower); budget/*: what the method used (target_labels: 1 = yes)",
+        *(f"note: {note}" for note in comparison.notes),
+    ]
 
 
 def table_lines(headers: list[str], cells: list[tuple[str, list[str]]]) -> list[str]:

@@ -17,6 +17,12 @@ What it refuses and what it says:
 Outputs: the paired table (text), a CSV with one row per group × metric × quantity (`paired_csv`) and a PNG
 of the differences with their 95% error bars, one panel per headline metric (`paired_figure`), both named
 `paired_vs_<baseline slug>` and written atomically (`write_paired`).
+
+Concept-transfer runs (one entry per method, evaluation/compare.py) pair the same way: with
+`--baseline transfer.method=none` (or the label `none`) each method's difference from that method, per seed, in
+each of its measures and budget items. They have no cycles, so no "Δ since cycle 0" rows, no
+`change_since_cycle_0` rows in the CSV (its `at_cycle` rows hold the one result), and the PNG's default panels
+are the four concept/* measures (TRANSFER_HEADLINE).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from sae_ception.utils.io import atomic_path, write_text
 # clustering, and what linear probes read from the dense and the SAE representation.
 HEADLINE = ("performance/accuracy", "monosemanticity_sae/csi_mean", "monosemanticity_sae/u_mean",
             "clustering_sae/ari_kmeans", "probe/dense_accuracy", "probe/sae_accuracy")
+# The PNG's default panels for concept-transfer runs: what each method transfers, preserves and confuses.
+TRANSFER_HEADLINE = ("concept/transfer", "concept/preservation", "concept/preservation_change", "concept/specificity")
 QUANTITIES = ("at_cycle", "change_since_cycle_0")  # the CSV's `quantity`: the value compared, or its Δ since 0
 CSV_COLUMNS = ("group", "metric", "n", "mean_diff", "ci_low", "ci_high", "excludes_zero", "baseline_mean",
                "group_mean", "quantity", "verdict")
@@ -215,7 +223,8 @@ def _cell(metric: str, sides: list[tuple[Optional[float], Optional[float]]], cha
 
 def paired_comparison(comparison: Comparison, baseline: str, confidence: float = CONFIDENCE) -> PairedComparison:
     """Every other group's paired difference from `baseline` (a label of `comparison.groups`, e.g. from
-    `select_baseline`), per metric of the comparison, at the compared cycle and for the change since cycle 0."""
+    `select_baseline`), per metric of the comparison, at the compared cycle and for the change since cycle 0
+    (undefined, n = 0, for concept-transfer runs: they have no cycles, and nothing shows it)."""
     pairs, notes = pair_by_seed(comparison, baseline)
     rows = []
     for metric in (row.metric for row in comparison.rows):
@@ -254,19 +263,22 @@ def format_paired(paired: PairedComparison, skip_quantiles: bool = True) -> str:
     the compared cycle, and the difference of the changes since cycle 0), with the legend and notes above."""
     names = paired.groups
     sizes = {name: len(paired.pairs[name]) for name in names}
+    cycles = paired.comparison.has_cycles
     cells = []
     for row in _rows(paired, skip_quantiles):
         cells.append((row.metric, [_format_cell(row.at_cycle[n], sizes[n]) for n in names]))
-        cells.append(("  Δ since cycle 0", [_format_cell(row.change[n], sizes[n]) for n in names]))
+        if cycles:
+            cells.append(("  Δ since cycle 0", [_format_cell(row.change[n], sizes[n]) for n in names]))
     level = f"{paired.confidence:.0%}"
     lines = [
         f"difference from the baseline group '{paired.baseline}', paired by seed, mean difference [{level} CI], "
         "* = interval excludes 0",
-        f"a cell: mean over the n seed pairs of (group − baseline) at the compared cycle; {level} CI: "
-        f"mean ± t({(1 + paired.confidence) / 2:g}, n−1)·sd/√n (Student's t over the pairs); no CI for n = 1; "
-        "(n=k) when only k pairs define it",
+        f"a cell: mean over the n seed pairs of (group − baseline){' at the compared cycle' if cycles else ''}; "
+        f"{level} CI: mean ± t({(1 + paired.confidence) / 2:g}, n−1)·sd/√n (Student's t over the pairs); "
+        "no CI for n = 1; (n=k) when only k pairs define it",
         "Δ since cycle 0: the same for each run's change since cycle 0; "
-        "ok/bad after *: the difference goes the better/worse way",
+        "ok/bad after *: the difference goes the better/worse way" if cycles else
+        "ok/bad after *: the difference goes the better/worse way (budget/* has no better way)",
         *(f"note: {note}" for note in paired.notes),
     ]
     return "\n".join(lines + table_lines([f"{n} (n={sizes[n]})" for n in names], cells))
@@ -285,9 +297,10 @@ def paired_csv(paired: PairedComparison, skip_quantiles: bool = True) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    quantities = QUANTITIES if paired.comparison.has_cycles else QUANTITIES[:1]  # transfer runs: no change rows
     for name in paired.groups:
         for row in _rows(paired, skip_quantiles):
-            for quantity, cell in zip(QUANTITIES, (row.at_cycle[name], row.change[name])):
+            for quantity, cell in zip(quantities, (row.at_cycle[name], row.change[name])):
                 d = cell.diff
                 writer.writerow([name, row.metric, d.n, _number(d.mean), _number(d.low), _number(d.high),
                                  d.excludes_zero, _number(cell.baseline_mean), _number(cell.group_mean), quantity,
@@ -300,7 +313,8 @@ def paired_csv(paired: PairedComparison, skip_quantiles: bool = True) -> str:
 
 def figure_metrics(paired: PairedComparison, chosen: Optional[list[str]] = None) -> list[str]:
     """The PNG's panels: `chosen` (each must be a metric of the runs: else one ConfigError line with the closest
-    ones), or the HEADLINE metrics the runs have (the first six non-quantile metrics when they have none)."""
+    ones), or the HEADLINE metrics the runs have (TRANSFER_HEADLINE for concept-transfer runs; the first six
+    non-quantile metrics when they have none)."""
     known = [row.metric for row in paired.rows]
     if chosen:
         for metric in chosen:
@@ -310,7 +324,7 @@ def figure_metrics(paired: PairedComparison, chosen: Optional[list[str]] = None)
                                   + (f"the closest are {', '.join(close)}" if close else
                                      f"give family/name keys, e.g. {', '.join(known[:3])}"))
         return list(dict.fromkeys(chosen))
-    headline = [m for m in HEADLINE if m in known]
+    headline = [m for m in (HEADLINE if paired.comparison.has_cycles else TRANSFER_HEADLINE) if m in known]
     return headline or [m for m in known if not is_quantile(m)][:6]
 
 
@@ -320,14 +334,15 @@ GREY = "#495057"
 
 def paired_figure(paired: PairedComparison, metrics: list[str]):
     """A matplotlib Figure: one panel per metric, each group's mean difference from the baseline at the compared
-    cycle with its CI as an error bar (a point without a bar for one pair, `n/a` for none), and a line at 0."""
+    cycle (a transfer run: its one result) with its CI as an error bar (a point without a bar for one pair, `n/a`
+    for none), and a line at 0."""
     from matplotlib.figure import Figure  # only when drawing: the plain table needs no matplotlib
 
     from sae_ception.evaluation.plots import direction_label  # sets the Agg backend
 
     by_metric = {row.metric: row for row in paired.rows}
     names = paired.groups
-    cols = min(3, len(metrics))
+    cols = 2 if len(metrics) == 4 else min(3, len(metrics))  # four panels (transfer's default): 2 × 2
     rows = math.ceil(len(metrics) / cols)
     fig = Figure(figsize=(max(4.2, 1.1 * len(names) + 2.4) * cols, 3.8 * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -355,7 +370,8 @@ def paired_figure(paired: PairedComparison, metrics: list[str]):
         ax.set_ylabel("group − baseline", fontsize=9)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    fig.suptitle(f"difference from '{paired.baseline}' at the compared cycle, paired by seed: mean and "
+    at = " at the compared cycle" if paired.comparison.has_cycles else ""
+    fig.suptitle(f"difference from '{paired.baseline}'{at}, paired by seed: mean and "
                  f"{paired.confidence:.0%} CI (filled: excludes 0)", fontsize=11)
     fig.tight_layout()
     return fig

@@ -13,7 +13,12 @@ offline | online | disabled.
 
 Logged: `compare/table` (one row per group × metric × quantity: mean, sample std, n of the runs defining it,
 the group's size), `compare/paired` (with --baseline: the rows of paired_vs_<baseline>.csv) and the paired PNG
-as `compare/paired_figure`; the run's config holds the folders, the grouping keys, the cycle and the run count.
+as `compare/paired_figure`; the run's config holds the folders, the grouping keys, the cycle, the run count and
+the kind of run compared.
+
+Concept-transfer runs (one entry per method, evaluation/compare.py) have the same wandb settings in their
+config.yaml; each run counts once here (not once per method), its group record is read from the run folder, and
+the table has only `at_cycle` rows (their one result: no change since cycle 0).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Optional
 
 from sae_ception.config import WANDB_MODES, WandbConfig
 from sae_ception.errors import ConfigError
-from sae_ception.evaluation.compare import Comparison, RunResults, is_quantile
+from sae_ception.evaluation.compare import Comparison, RunResults, is_quantile, run_folders
 from sae_ception.utils.io import naming_failed_writes
 from sae_ception.utils.tracking import GROUP_FILE, MAX_GROUP
 
@@ -50,7 +55,7 @@ def _counted(values: Counter) -> str:
 
 def _logged_group(run: RunResults) -> Optional[str]:
     """The group the run logged to (utils/tracking.py's GROUP_FILE), None when it has no (readable) record."""
-    path = run.folder / GROUP_FILE
+    path = run.run_folder / GROUP_FILE  # a transfer method's entry: its run's folder
     try:
         return (path.read_text(encoding="utf-8").strip() or None) if path.is_file() else None
     except (OSError, UnicodeDecodeError):
@@ -61,6 +66,7 @@ def wandb_target(runs: list[RunResults], mode: Optional[str] = None) -> WandbTar
     """Where the comparison of `runs` is logged (see the module docstring); `mode` overrides the runs' mode.
     Raises ConfigError (one line) when the runs do not share one project or one mode."""
     default = WandbConfig()
+    runs = list({run.run_folder: run for run in reversed(runs)}.values())[::-1]  # a transfer run: once, not per method
     if mode is not None and mode not in WANDB_MODES:
         raise ConfigError(f"--wandb-mode {mode}: not a wandb mode; use one of {', '.join(WANDB_MODES)}")
     projects = Counter("/".join(filter(None, (r.settings.get("wandb.entity", default.entity),
@@ -92,11 +98,12 @@ def comparison_rows(comparison: Comparison, skip_quantiles: bool = True) -> list
     cycle 0) the mean, sample std and count of the runs that define it (None where undefined), and the group's
     size."""
     rows = []
+    quantities = QUANTITIES if comparison.has_cycles else QUANTITIES[:1]  # transfer runs: no change since cycle 0
     for name, members in comparison.groups.items():
         for row in comparison.rows:
             if skip_quantiles and is_quantile(row.metric):
                 continue
-            for quantity, (mean, std, n) in zip(QUANTITIES, (row.final[name], row.change[name])):
+            for quantity, (mean, std, n) in zip(quantities, (row.final[name], row.change[name])):
                 rows.append([name, row.metric, quantity, _number(mean), _number(std), n, len(members)])
     return rows
 
@@ -137,7 +144,8 @@ def log_comparison(comparison: Comparison, target: WandbTarget, folders: list[Pa
         run = wandb.init(project=target.project, entity=target.entity, group=target.group, name=name,
                          job_type="compare", mode=target.mode, dir=str(folder),
                          config={"folders": [str(f) for f in folders], "group_by": comparison.group_by,
-                                 "cycle": comparison.cycle, "runs": len(runs)})
+                                 "cycle": comparison.cycle, "runs": len(run_folders(runs)),
+                                 "kind": comparison.kind})
     except wandb.errors.Error as ex:
         raise ConfigError(f"--wandb: wandb could not start ({' '.join(str(ex).split())[:200]}); check the "
                           "project, your login (`wandb login`), or use --wandb-mode offline") from None

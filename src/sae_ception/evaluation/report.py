@@ -22,6 +22,13 @@ DIRECTIONS = {
     "ari_kmeans": 1, "ari_argmax": 1, "silhouette_labels": 1, "silhouette_kmeans": 1, "davies_bouldin": -1,
     "calinski_harabasz": 1, "silhouette_sample_size": 0, "argmax_clusters": 0, "argmax_zero_rows": -1,
     "dense_accuracy": 1, "sae_accuracy": 1,
+    # concept transfer (scripts/transfer_concept.py, transfer/measures.py; compared as `concept/<name>` and
+    # `budget/<name>`): target images called the target, accuracy on A's classes and its change from A, and
+    # specificity = the fraction of distractor images called the target (so lower is better); a budget is what a
+    # method used, not a score (`gradient_steps` is also the auxiliary family's step count: no direction there either)
+    "transfer": 1, "preservation": 1, "preservation_change": 1, "specificity": -1,
+    "target_images": 0, "target_labels": 0, "other_images": 0, "gradient_steps": 0, "parameters_changed": 0,
+    "procrustes_residual": -1,  # diagnostics: ||H_B R - H_A|| / ||H_A|| of an alignment, lower = better aligned
 }
 ABSOLUTE = {"spliced_accuracy_drop"}
 # Metrics that grow with the number of examples N as well as with what they measure: compared only at equal N.

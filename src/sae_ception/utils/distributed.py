@@ -90,4 +90,5 @@ def check_batch_sizes(cfg, processes: int) -> None:
     if processes > 1:
         check_rows_per_process(cfg.model.batch_size, cfg.model.gradient_accumulation_steps, processes,
                                "model.batch_size")
-        check_rows_per_process(cfg.sae.batch_size, 1, processes, "sae.batch_size")
+        if getattr(cfg, "sae", None) is not None:  # a concept-transfer run has no SAE
+            check_rows_per_process(cfg.sae.batch_size, 1, processes, "sae.batch_size")

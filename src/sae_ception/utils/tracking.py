@@ -13,7 +13,7 @@ from sae_ception.utils.io import naming_failed_writes, write_text
 
 log = logging.getLogger(__name__)
 
-STAGES = ("baseline", "sae", "auxiliary")
+STAGES = ("baseline", "sae", "auxiliary", "model_a", "model_b")  # each logs against its own step counter
 MAX_GROUP = 128  # wandb's limit on a group name
 GROUP_FILE = "wandb_group.txt"  # the group a run logged to (the sweep's when derived), for scripts/compare.py --wandb
 
@@ -127,6 +127,24 @@ class Tracker:
             with naming_failed_writes(self.files):
                 self.run.summary.update({"objective/value": value, "objective/metric": metric,
                                          "objective/split": split, "objective/cycle": cycle})
+
+    def log_transfer(self, summary: dict, plots: list[Path]) -> None:
+        """A concept-transfer run's results: per method `transfer/<method>/<measure>` and `budget/<method>/<item>`
+        in the summary, the table as a wandb table, the confusion figure as an image."""
+        if self.run is None:
+            return
+        import wandb
+
+        from sae_ception.transfer.report import COLUMNS, transfer_rows
+
+        values = {}
+        for name, result in summary["methods"].items():
+            values |= {f"transfer/{name}/{k}": v for k, v in result["measures"].items() if isinstance(v, float)}
+            values |= {f"budget/{name}/{k}": v for k, v in result["budget"].items()}
+        with naming_failed_writes(self.files):
+            self.run.summary.update(values)
+            self.run.log({"transfer/table": wandb.Table(columns=COLUMNS, data=transfer_rows(summary))}
+                         | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

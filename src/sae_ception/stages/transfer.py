@@ -1,0 +1,202 @@
+"""The concept-transfer run: train models A and B once (artifacts of the run), apply every configured method to a
+copy of A, measure each edited model on held-out test images, and report one table, a JSON and a figure.
+
+Resumable: A and B are checkpoints, each method's result is written when it finishes (with its settings; a
+rerun skips it unless its settings changed), and the summary is rewritten from the method results."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sae_ception.errors import ConfigError
+from sae_ception.models import Classifier, load_model, save_model
+from sae_ception.run import RunContext
+from sae_ception.transfer.base import TRANSFER_METHODS, TransferMethod
+from sae_ception.transfer.config import TransferConfig
+from sae_ception.transfer.context import TransferContext
+from sae_ception.transfer.data import TransferData
+from sae_ception.transfer.measures import accuracy_on, parameters_changed, transfer_measures
+from sae_ception.transfer.report import format_transfer_table
+from sae_ception.transfer.training import new_classifier, train_on_classes
+from sae_ception.utils.io import checkpoint_exists, read_json, write_json
+from sae_ception.utils.seeding import seed_everything, stage_seed
+
+log = logging.getLogger(__name__)
+
+
+def _data(ctx: RunContext) -> TransferData:
+    return TransferData(ctx.splits, ctx.cfg.concept)
+
+
+def _methods(cfg: TransferConfig) -> list[TransferMethod]:
+    return [TRANSFER_METHODS.get(settings.type)(name, settings) for name, settings in cfg.methods()]
+
+
+def transfer_preflight(ctx: RunContext) -> None:
+    """Everything the data must offer, checked before A or B is trained: training images of every class either
+    model learns, test images of A's classes, the target and the distractor; then each method's own checks."""
+    if ctx.accelerator.num_processes > 1:
+        raise ConfigError(f"scripts/transfer_concept.py runs in one process ({ctx.accelerator.num_processes} were "
+                          "launched): its models are small; run it with python, not accelerate launch or torchrun")
+    cfg, data = ctx.cfg, _data(ctx)
+    concept = cfg.concept
+    for setting, classes in (("concept.classes_a", concept.classes_a), ("concept.classes_b", concept.classes_b)):
+        empty = [c for c in classes if data.count("train", c) == 0]
+        if empty:
+            raise ConfigError(f"{setting}: dataset {cfg.dataset.name} has no training image of class "
+                              f"{', '.join(map(str, empty))}; choose classes the data has")
+    needed = {*concept.classes_a, concept.target, concept.distractor}
+    missing = sorted(c for c in needed if data.count("test", c) == 0)
+    if missing:
+        raise ConfigError(f"concept: the test split of dataset {cfg.dataset.name} has no image of class "
+                          f"{', '.join(map(str, missing))}, which the measures need; use more data "
+                          "(dataset.max_train_examples, dataset.test_fraction)")
+    for method in _methods(cfg):
+        method.preflight(data)
+    for which in ("a", "b"):  # a model this folder already holds must fit its settings (resume)
+        path = ctx.layout.source_model(which)
+        if checkpoint_exists(path):
+            _load(ctx, cfg.model_a if which == "a" else cfg.model_b, path, f"model_{which}")
+
+
+# --- models A and B -------------------------------------------------------------------------------------------
+def _load(ctx: RunContext, model_cfg, path: Path, setting: str) -> Classifier:
+    model = new_classifier(ctx, model_cfg)
+    load_model(path, model, setting)
+    return model
+
+
+def source_model(ctx: RunContext, which: str) -> Classifier:
+    """Model A or B: trained on its classes (validation images of the same classes choose the kept epoch), or
+    read back from the run folder. Frozen (eval mode, no gradients), on the CPU."""
+    cfg = ctx.cfg
+    model_cfg = cfg.model_a if which == "a" else cfg.model_b
+    classes = cfg.concept.classes_a if which == "a" else cfg.concept.classes_b
+    path = ctx.layout.source_model(which)
+    if checkpoint_exists(path):
+        log.info("model %s: found %s, skipping (resume)", which.upper(), path)
+        model = _load(ctx, model_cfg, path, f"model_{which}")
+    else:
+        data = _data(ctx)
+        model, info = train_on_classes(ctx, model_cfg, data.subset("train", classes), data.subset("val", classes),
+                                       ctx.seed_for(0, f"model_{which}"), stage=f"model_{which}",
+                                       setting=f"model_{which}")
+        save_model(model, path, extra={"stage": f"model_{which}", "classes": list(classes), "val": info["val"],
+                                       "steps": info["steps"], "kept_epoch": info["kept_epoch"]})
+        log.info("model %s: val accuracy %.4f on classes %s, saved %s", which.upper(),
+                 info["val"].get("accuracy", float("nan")), list(classes), path)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+# --- measuring ------------------------------------------------------------------------------------------------
+def predictions(ctx: RunContext, model: Classifier) -> torch.Tensor:
+    """Predicted class of every test image (N,)."""
+    logits = model.logits_of(ctx.splits.test.x, ctx.cfg.eval_batch_size, ctx.accelerator.device)
+    return logits.argmax(1)
+
+
+def measure(ctx: RunContext, model: Classifier) -> dict:
+    concept = ctx.cfg.concept
+    return transfer_measures(predictions(ctx, model), ctx.splits.test.y, list(concept.classes_a), concept.target,
+                             concept.distractor, concept.shown_classes)
+
+
+def _state_digest(model: Classifier) -> str:
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def method_seed(ctx: RunContext) -> int:
+    """The seed every method starts from (its generator, and torch's global state): the run's seed alone, so a
+    method's result does not depend on which other methods run or in which order, and two methods that draw
+    alike (finetune_head and finetune_replay) see the same batches."""
+    return stage_seed(ctx.cfg.seed, 0, "transfer")
+
+
+def sample_seed(ctx: RunContext) -> int:
+    """The seed of the run's fixed order of each class's training images (TransferContext): every method that
+    asks for k target images gets the same k."""
+    return stage_seed(ctx.cfg.seed, 1, "transfer")
+
+
+def run_method(ctx: RunContext, method: TransferMethod, model_a: Classifier, model_b: Classifier,
+               base: dict) -> dict:
+    """Apply one method to a copy of A, measure it and record its budget; A and B must come back unchanged."""
+    before = (_state_digest(model_a), _state_digest(model_b))
+    generator = seed_everything(method_seed(ctx))
+    tctx = TransferContext(ctx, method.name, method.cfg, model_a, model_b, _data(ctx), generator, sample_seed(ctx))
+    with ctx.timed(f"transfer/{method.name}", 0):
+        edited = method.apply(tctx)
+    if (_state_digest(model_a), _state_digest(model_b)) != before:
+        raise RuntimeError(f"transfer method {method.name} changed model A or B in place; it must edit a copy")
+    edited = edited.cpu().eval()
+    budget = tctx.budget
+    budget.parameters_changed = parameters_changed(model_a, edited)
+    measures = measure(ctx, edited)
+    measures["preservation_change"] = measures["preservation"] - base["preservation"]
+    if ctx.cfg.concept.save_edited:
+        save_model(edited, ctx.layout.edited_model(method.name), extra={"stage": f"transfer/{method.name}"})
+    return {"method": method.name, "type": method.cfg.type, "settings": asdict(method.cfg), "measures": measures,
+            "budget": budget.as_dict(), "diagnostics": tctx.diagnostics}
+
+
+def _saved_result(ctx: RunContext, method: TransferMethod) -> dict | None:
+    path = ctx.layout.method_result(method.name)
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    if saved.get("settings") != asdict(method.cfg):
+        log.info("transfer/%s: its settings changed since %s was written; recomputing", method.name, path)
+        return None
+    log.info("transfer/%s: found %s, skipping (resume)", method.name, path)
+    return saved
+
+
+def run_transfer(ctx: RunContext) -> dict:
+    """scripts/transfer_concept.py: A and B, every method, the table, results/transfer.json and the figure."""
+    cfg = ctx.cfg
+    with ctx.timed("model_a", 0):
+        model_a = source_model(ctx, "a")
+    with ctx.timed("model_b", 0):
+        model_b = source_model(ctx, "b")
+    base, source = measure(ctx, model_a), measure(ctx, model_b)
+    labels = ctx.splits.test.y
+    base["own_accuracy"] = accuracy_on(predictions(ctx, model_a), labels, list(cfg.concept.classes_a))
+    source["own_accuracy"] = accuracy_on(predictions(ctx, model_b), labels, list(cfg.concept.classes_b))
+    results = {}
+    for method in _methods(cfg):
+        result = _saved_result(ctx, method)
+        if result is None:
+            result = run_method(ctx, method, model_a, model_b, base)
+            write_json(ctx.layout.method_result(method.name), result)
+        results[method.name] = result
+        log.info("transfer/%s: transfer %.4f, preservation %.4f, specificity %.4f", method.name,
+                 result["measures"]["transfer"], result["measures"]["preservation"], result["measures"]["specificity"])
+    summary = {
+        "concept": asdict(cfg.concept),
+        "models": {"a": {"classes": list(cfg.concept.classes_a), **base},
+                   "b": {"classes": list(cfg.concept.classes_b), **source}},
+        "methods": results,
+    }
+    write_json(ctx.layout.transfer_results(), summary)
+    write_json(ctx.layout.root / "results" / "timings.json", ctx.timings)  # seconds per stage, this invocation
+    log.info("results (%s):\n%s", ctx.layout.transfer_results(), format_transfer_table(summary))
+    figures = []
+    if cfg.plots:
+        from sae_ception.transfer.plots import plot_confusions
+
+        figures.append(plot_confusions(summary, ctx.layout.plots() / "transfer_confusion.png"))
+    if ctx.tracker is not None:
+        ctx.tracker.log_transfer(summary, figures)
+    return summary

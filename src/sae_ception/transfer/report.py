@@ -1,0 +1,48 @@
+"""The concept-transfer table for people: one row per method, its measures and its budget."""
+
+from __future__ import annotations
+
+import math
+
+
+def _fraction(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
+
+
+COLUMNS = ["method", "transfer ↑", "preservation ↑", "Δ vs A", "specificity ↓", "target imgs", "labels",
+           "other imgs", "steps", "params changed"]
+
+
+def transfer_rows(summary: dict) -> list[list[str]]:
+    """One row of cells per method, in the run's order (the cells of `COLUMNS`)."""
+    rows = []
+    for name, result in summary["methods"].items():
+        m, b = result["measures"], result["budget"]
+        rows.append([name, _fraction(m["transfer"]), _fraction(m["preservation"]), _signed(m["preservation_change"]),
+                     _fraction(m["specificity"]), str(b["target_images"]), "yes" if b["target_labels"] else "no",
+                     str(b["other_images"]), str(b["gradient_steps"]), str(b["parameters_changed"])])
+    return rows
+
+
+def format_transfer_table(summary: dict) -> str:
+    """The run's table: a line on A and B, then method x (transfer / preservation / specificity / budget)."""
+    concept, models = summary["concept"], summary["models"]
+    a, b = models["a"], models["b"]
+    lines = [
+        f"concept transfer of class {concept['target']} (distractor {concept['distractor']}) into model A; "
+        "measured on the test split",
+        f"model A (classes {', '.join(map(str, concept['classes_a']))}): accuracy on its classes "
+        f"{_fraction(a['own_accuracy'])}; model B (classes {', '.join(map(str, concept['classes_b']))}): accuracy on "
+        f"its classes {_fraction(b['own_accuracy'])}, class {concept['target']} recall {_fraction(b['transfer'])}",
+        "transfer: target images called target; preservation: accuracy on A's classes; specificity: distractor "
+        "images called target; budget: images, labels and optimiser steps each method used",
+    ]
+    rows = [COLUMNS, *transfer_rows(summary)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    rendered = [" | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                for row in rows]
+    return "\n".join([*lines, rendered[0], "-" * len(rendered[0]), *rendered[1:]])

@@ -1,0 +1,201 @@
+"""scripts/transfer_concept.py end to end on digits: the default run, resume, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from sae_ception.cli import run_task
+from sae_ception.entrypoints import ENTRYPOINTS
+from sae_ception.transfer import TRANSFER_METHODS
+from tests.conftest import CONFIG_DIR, run_script
+from tests.pipeline.helpers import snapshot
+
+# Small enough for seconds-long runs; the defaults (digits, mega MLPs, every method) run once, in a subprocess.
+QUICK = ["wandb.mode=disabled", "progress=false", "device=cpu", "plots=false",
+         "model_a.hidden_sizes=[32,16]", "model_b.hidden_sizes=[32,16]", "model_a.epochs=5", "model_b.epochs=5",
+         "model_a.lr=0.01", "model_b.lr=0.01",
+         "transfer.cascade.ratios=[4,2]", "concept.methods=[none,copy_head,cascade]"]
+
+
+def compose_transfer(run_dir: Path, overrides=(), base=QUICK):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("transfer_concept", overrides=[*base, f"run_dir={run_dir}", f"paths.output_dir={run_dir}",
+                                                      *overrides], return_hydra_config=True)
+
+
+def run_transfer(run_dir: Path, overrides=(), base=QUICK):
+    entry = ENTRYPOINTS["transfer_concept"]
+    return run_task(compose_transfer(run_dir, overrides, base), entry.task, entry.preflight, parse=entry.parse,
+                    log_name="transfer_concept")
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results" / "transfer.json").read_text())
+
+
+def test_default_run_on_digits(tmp_path):
+    """The README's command with its defaults: every method, one table, the results, the figure, the config."""
+    run_dir = tmp_path / "run"
+    done = run_script("transfer_concept.py", f"run_dir={run_dir}", "progress=false")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = results(run_dir)
+    methods = summary["methods"]
+    assert list(methods) == ["none", "joint", "copy_head", "procrustes_probe", "activation_transplant", "cascade",
+                             "finetune_head", "finetune_replay"]
+    for name, result in methods.items():
+        m = result["measures"]
+        for measure in ("transfer", "preservation", "specificity"):
+            assert 0.0 <= m[measure] <= 1.0, (name, measure, m[measure])
+        assert len(m["confusion"]) == 6 and len(m["confusion"][0]) == 7  # classes 0-5, predicted 0-5 + other
+        assert (run_dir / "checkpoints" / f"edited_{name}" / "config.json").is_file()
+    none, joint, copy = methods["none"], methods["joint"], methods["copy_head"]
+    assert none["budget"] == {"target_images": 0, "target_labels": False, "other_images": 0, "gradient_steps": 0,
+                              "parameters_changed": 0}
+    assert none["measures"]["preservation_change"] == 0.0
+    assert joint["budget"]["target_labels"] and joint["budget"]["gradient_steps"] > 0
+    assert joint["measures"]["transfer"] > 0.8  # the ceiling learns the target from all its labelled images
+    assert copy["budget"]["parameters_changed"] == 64 + 1  # one row of the 64-wide head, and its bias
+    assert copy["budget"]["target_images"] == 0 and copy["budget"]["gradient_steps"] == 0
+    assert 0 < methods["procrustes_probe"]["diagnostics"]["procrustes_residual"] < 2
+    assert summary["models"]["a"]["own_accuracy"] > 0.9 and summary["models"]["b"]["transfer"] > 0.8
+    assert (run_dir / "plots" / "transfer_confusion.png").stat().st_size > 10_000
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "transfer_concept.log").is_file()
+    out = done.stdout + done.stderr
+    assert "method" in out and "transfer ↑" in out and "finetune_replay" in out
+
+
+def test_rerun_resumes_and_reproduces(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir)
+    first = snapshot(run_dir)
+    caplog.clear()
+    run_transfer(run_dir)  # everything done: nothing recomputed, nothing changed
+    assert snapshot(run_dir) == first
+    assert any("skipping (resume)" in r.getMessage() for r in caplog.records)
+    # a run killed during the methods: the finished ones and A, B are kept, the rest recomputed identically
+    (run_dir / "results" / "methods" / "cascade.json").unlink()
+    (run_dir / "results" / "transfer.json").unlink()
+    model_a = (run_dir / "checkpoints" / "model_a" / "weights.safetensors")
+    before = model_a.stat().st_mtime_ns
+    run_transfer(run_dir)
+    assert snapshot(run_dir) == first and model_a.stat().st_mtime_ns == before
+    # the same seed in a new folder: the same numbers
+    other = tmp_path / "again"
+    run_transfer(other)
+    assert results(other)["methods"] == results(run_dir)["methods"]
+
+
+def test_methods_can_be_added_and_changed_on_a_finished_run(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["concept.methods=[none]"])
+    weights = {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").glob("model_*/weights.safetensors")}
+    run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
+    assert list(results(run_dir)["methods"]) == ["none", "copy_head"]
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights  # A and B trained once
+    run_transfer(run_dir)  # adds cascade, with ratios [4,2]
+    caplog.clear()
+    run_transfer(run_dir, ["transfer.cascade.ratios=[2,2]"])
+    assert any("cascade: its settings changed" in r.getMessage() for r in caplog.records)
+    assert results(run_dir)["methods"]["cascade"]["settings"]["ratios"] == [2, 2]
+
+
+def _refused(caplog, run_dir: Path, overrides, match: str) -> str:
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_info:
+        run_transfer(run_dir, overrides)
+    assert exit_info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert match in errors[0], errors[0]
+    assert not run_dir.exists(), "a refused run must write nothing"
+    return errors[0]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["concept.target=2"], "concept.target=2 is in concept.classes_a"),
+    (["concept.target=7"], "concept.target=7 is not in concept.classes_b"),
+    (["concept.classes_a=[0,1]", "concept.classes_b=[4,5]"], "share no class"),
+    (["concept.classes_b=[]"], "concept.classes_b is empty"),
+    (["concept.distractor=4"], "concept.distractor=4 must be a class other than"),
+    (["concept.classes_b=[2,3,4,12]"], "outside dataset.num_classes=10"),
+    (["model_b.hidden_sizes=[32,8]", "concept.methods=[none,copy_head]"], "transfer.copy_head: copying B's output row"),
+    (["model_b.hidden_sizes=[16,16]", "concept.methods=[cascade]"], "transfer.cascade"),
+    (["concept.methods=[none,cascde]"], "did you mean cascade"),
+    (["concept.methods=[none,none]"], "repeats a method"),
+    (["concept.methods=[]"], "concept.methods is empty"),
+    (["model_a.epochs=0"], "model_a.epochs=0 must be a positive integer"),
+    (["concept.target_images=0"], "concept.target_images=0"),
+])
+def test_bad_settings_are_one_line_and_write_nothing(tmp_path, caplog, overrides, match):
+    _refused(caplog, tmp_path / "run", overrides, match)
+
+
+def test_more_target_images_than_the_data_has_is_refused_before_training(tmp_path, caplog):
+    line = _refused(caplog, tmp_path / "run", ["concept.methods=[none,finetune_head]",
+                                               "concept.target_images=5000"], "transfer.finetune_head.target_images=5000")
+    assert "give at most" in line
+
+
+def test_every_method_is_one_class_and_one_yaml_loaded_by_default():
+    """A registered method without its YAML (or a YAML the defaults list does not load) would be unreachable."""
+    import sae_ception.transfer.methods  # noqa: F401
+
+    yamls = sorted(p.stem for p in (CONFIG_DIR / "transfer").glob("*.yaml"))
+    assert yamls == TRANSFER_METHODS.names()
+    cfg = compose_transfer(Path("/nonexistent"), base=[])
+    assert sorted(cfg.transfer) == yamls
+    assert sorted(cfg.concept.methods) == yamls  # the default run compares every method
+    for name in yamls:
+        assert cfg.transfer[name].type == name
+
+
+def test_wandb_gets_every_method_measures_budget_table_and_figure(tmp_path, fake_wandb):
+    from tests.fake_wandb import wandb_calls
+
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["wandb.mode=offline", "plots=true"])
+    summary = {k: v for call in wandb_calls(fake_wandb, "summary") for k, v in call["values"].items()}
+    for name in ("none", "copy_head", "cascade"):
+        assert summary[f"transfer/{name}/transfer"] == results(run_dir)["methods"][name]["measures"]["transfer"]
+        assert summary[f"budget/{name}/parameters_changed"] == results(run_dir)["methods"][name]["budget"]["parameters_changed"]
+    logged = {k: v for call in wandb_calls(fake_wandb, "log") for k, v in call["data"].items()}
+    assert [row[0] for row in logged["transfer/table"]["data"]] == ["none", "copy_head", "cascade"]
+    assert logged["plots/transfer_confusion"]["path"].endswith("transfer_confusion.png")
+    init = wandb_calls(fake_wandb, "init")[0]["kwargs"]
+    assert init["config"]["concept"]["target"] == 4 and "concept-transfer" in init["tags"]
+
+
+def test_mnist_from_the_shared_folder(tmp_path, shared_mnist):
+    """`dataset=mnist dataset.path=../shared/data/mnist` runs the same experiment on real MNIST."""
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["dataset=mnist", f"dataset.path={shared_mnist}", "dataset.max_train_examples=3000"])
+    summary = results(run_dir)
+    assert summary["models"]["a"]["own_accuracy"] > 0.8 and summary["models"]["b"]["transfer"] > 0.8
+    test_images = sum(sum(row) for row in summary["methods"]["none"]["measures"]["confusion"])
+    assert test_images > 1000  # classes 0-5 of MNIST's 2,000 test images
+
+
+def test_a_model_checkpoint_that_does_not_fit_is_refused_before_anything_runs(tmp_path, caplog):
+    """A's checkpoint replaced by one of another shape (copied in by hand): one line at start, nothing changed."""
+    import shutil
+
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    run_transfer(run_dir, ["concept.methods=[none]"])
+    run_transfer(other, ["concept.methods=[none]", "model_a.hidden_sizes=[16,16]", "model_b.hidden_sizes=[16,16]"])
+    shutil.rmtree(run_dir / "checkpoints" / "model_a")
+    shutil.copytree(other / "checkpoints" / "model_a", run_dir / "checkpoints" / "model_a")
+    (run_dir / "results" / "transfer.json").unlink()
+    before = snapshot(run_dir)
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_info:
+        run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
+    assert exit_info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "model_a" in errors[0], errors
+    assert snapshot(run_dir) == before
