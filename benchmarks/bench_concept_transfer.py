@@ -9,8 +9,10 @@ scripts/compare.py too). Part 1: the reference's "mega" MLP (784-512-256-128-64)
 schedule (model=mlp_mega: 8 epochs, the best validation epoch kept), every method, seeds 0..S-1. Part 2: the
 same with A and B trained for exactly E epochs each (keep_best=false, so depth is the number of epochs; the
 joint ceiling gets the same schedule), E in --epochs. Each cell is the mean over seeds with its 95% Student's t
-interval (mean ± t(0.975, n-1)·sd/√n, evaluation/paired.py); the depth table's last column is the paired
-(by seed) change from the fewest to the most epochs, with its interval. Budgets are means over seeds.
+interval (mean ± t(0.975, n-1)·sd/√n, evaluation/paired.py), shown as `mean [low, high]` clipped to the
+measure's range when it crosses it (a fraction stays in [0, 1]); the depth table's last column is the paired
+(by seed) change from the fewest to the most epochs, with its interval. Budgets are means over seeds, and the
+transfer of each seed is listed too (a mean of 0s and 1s is no typical value).
 Writes OUT/concept_transfer.md and .json; goal on this 2-core machine: the whole benchmark under 10 minutes.
 """
 
@@ -33,7 +35,8 @@ from sae_ception.evaluation.paired import paired_difference  # noqa: E402
 
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 MEASURES = ("transfer", "preservation", "preservation_change", "specificity")
-BUDGET = ("target_images", "target_labels", "other_images", "gradient_steps", "parameters_changed")
+BUDGET = ("target_images", "target_labels", "other_images", "validation_images", "gradient_steps",
+          "parameters_changed")
 
 # What ../shared/reference/concept-injection-framework.md ("Results Summary", "Expected Output") claims for the
 # same-architecture surgery ladder on its MegaNN pair: (transfer, preservation, specificity) as printed there.
@@ -42,6 +45,7 @@ CLAIMS = {
     "procrustes_probe": ("0-19%", "95-99%", "—"),
     "activation_transplant": ("25%", "98%", "—"),
     "cascade": ("51.93%", "94.11%", "0.00%"),
+    "cascade_isolated": ("51.93%", "94.11%", "0.00%"),
 }
 DEPTH_CLAIM = ("network-surgery-deep-dive.md: 'fresh' models (6-8 epochs) 28.2-97.9% transfer, 10-15 epochs 87.4%, "
                "extensively trained MEGA models 0% (figures of its SAE vector-space methods; the claim is that "
@@ -69,30 +73,43 @@ def read_jobs(folder: Path) -> list[dict]:
     return jobs
 
 
-def interval(values: list[float], percent: bool = True) -> str:
+def interval(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> str:
+    """`mean ± half-width` of the 95% t interval, in percent; when the interval crosses a bound of the measure
+    (a fraction cannot leave [0, 1]), the clipped interval is shown instead: `mean [low, high]`."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "n/a"
     d = paired_difference(values)
-    scale, unit = (100.0, "%") if percent else (1.0, "")
     if d.n == 1 or not math.isfinite(d.low):
-        return f"{scale * d.mean:.1f}{unit}"
-    return f"{scale * d.mean:.1f} ± {scale * (d.high - d.mean):.1f}{unit}"
+        return f"{100 * d.mean:.1f}%"
+    low, high = max(d.low, bounds[0]), min(d.high, bounds[1])
+    if (low, high) != (d.low, d.high):
+        return f"{100 * d.mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]%"
+    return f"{100 * d.mean:.1f} ± {100 * (d.high - d.mean):.1f}%"
+
+
+BOUNDS = {"preservation_change": (-1.0, 1.0)}
+
+
+def per_seed(values: list[float]) -> str:
+    return ", ".join(f"{100 * v:.0f}" for v in values)
 
 
 def method_table(jobs: list[dict]) -> tuple[str, dict]:
     methods = list(jobs[0]["summary"]["methods"])
     rows, data = [], {}
-    header = ("| method | transfer ↑ | preservation ↑ | Δ preservation | specificity ↓ | target images | labels | "
-              "gradient steps | parameters changed | reference claim (transfer / preservation / specificity) |")
+    header = ("| method | transfer ↑ | preservation ↑ | Δ preservation | specificity ↓ | transfer per seed | "
+              "target images | labels | validation images | gradient steps | parameters changed | "
+              "reference claim (transfer / preservation / specificity) |")
     rows += [header, "|" + "---|" * (header.count("|") - 1)]
     for name in methods:
         per = [job["summary"]["methods"][name] for job in jobs]
-        cells = [interval([p["measures"][m] for p in per]) for m in MEASURES]
-        budget = {b: sum(float(p["budget"][b]) for p in per) / len(per) for b in BUDGET}
+        cells = [interval([p["measures"][m] for p in per], BOUNDS.get(m, (0.0, 1.0))) for m in MEASURES]
+        budget = {b: sum(float(p["budget"].get(b, 0)) for p in per) / len(per) for b in BUDGET}
         claim = " / ".join(CLAIMS.get(name, ("no claim",)))
-        rows.append(f"| {name} | {' | '.join(cells)} | {budget['target_images']:.0f} | "
-                    f"{'yes' if budget['target_labels'] else 'no'} | {budget['gradient_steps']:.0f} | "
+        rows.append(f"| {name} | {' | '.join(cells)} | {per_seed([p['measures']['transfer'] for p in per])} | "
+                    f"{budget['target_images']:.0f} | {'yes' if budget['target_labels'] else 'no'} | "
+                    f"{budget['validation_images']:.0f} | {budget['gradient_steps']:.0f} | "
                     f"{budget['parameters_changed']:.0f} | {claim} |")
         data[name] = {"measures": {m: [p["measures"][m] for p in per] for m in MEASURES}, "budget": budget}
     models = [job["summary"]["models"] for job in jobs]
@@ -111,7 +128,7 @@ def depth_table(jobs: list[dict], measure: str) -> str:
         by_depth = {e: {j["seed"]: j["summary"]["methods"][name]["measures"][measure] for j in jobs if j["epochs"] == e}
                     for e in depths}
         seeds = sorted(set(by_depth[depths[0]]) & set(by_depth[depths[-1]]))
-        change = interval([by_depth[depths[-1]][s] - by_depth[depths[0]][s] for s in seeds])
+        change = interval([by_depth[depths[-1]][s] - by_depth[depths[0]][s] for s in seeds], (-1.0, 1.0))
         rows.append(f"| {name} | {' | '.join(interval(list(by_depth[e].values())) for e in depths)} | {change} |")
     return "\n".join(rows)
 

@@ -53,7 +53,8 @@ def hydra_error_line(ex: BaseException) -> Optional[str]:
 
     if isinstance(ex, MissingConfigException) and ex.options:
         group, _, option = str(ex.missing_cfg_file).rpartition("/")
-        return f"{group}={option} is not an option{closest(option, ex.options)} (valid: {', '.join(ex.options)})"
+        shown = _packaged_override(group, option) or group
+        return f"{shown}={option} is not an option{closest(option, ex.options)} (valid: {', '.join(ex.options)})"
     if isinstance(ex, OverrideParseException):
         reason = str(ex.message).splitlines()[0]
         return f"cannot read the override {ex.override!r} ({reason}); see https://hydra.cc/docs/advanced/override_grammar/basic"
@@ -69,6 +70,16 @@ def hydra_error_line(ex: BaseException) -> Optional[str]:
         return " ".join(str(ex).split())
     if isinstance(ex, OmegaConfBaseException):
         return str(getattr(ex, "msg", ex)).splitlines()[0]
+    return None
+
+
+def _packaged_override(group: str, option: str) -> Optional[str]:
+    """`model@model_a` when the user typed `model@model_a=<option>` (a group placed under another key), else None."""
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if value == option and key.split("@", 1)[0] == group and "@" in key:
+            return key
     return None
 
 

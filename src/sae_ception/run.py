@@ -143,13 +143,24 @@ def check_resumable(layout: RunLayout, cfg: Config) -> None:
         )
 
 
+def _recompute_advice(layout: RunLayout, folder: Path) -> str:
+    """How to have a damaged checkpoint rewritten: what else to delete with it, then rerun the same command."""
+    name = folder.name
+    if name.startswith("edited_"):  # a transfer method's edited model: its result must go too, or it is reused
+        also = f" and {layout.method_result(name[len('edited_'):])}"
+    elif name in ("model_a", "model_b"):  # every transfer method's result was measured on edits of A (or used B)
+        also = f" and {layout.root / 'results' / 'methods'}"
+    else:
+        also = " (and the artifacts of later cycles)"
+    return f"delete {folder}{also} and rerun the same command to recompute it"
+
+
 def check_artifacts(layout: RunLayout) -> None:
     """Every checkpoint the run folder holds is readable (config.json parses, the weights file is whole), so a
     damaged one stops a resumed run before any training, naming it, instead of failing stages later."""
     for folder in sorted(layout.root.glob("checkpoints/*")):
         if checkpoint_exists(folder):
-            check_checkpoint(folder, f"delete {folder} (and the artifacts of later cycles) and rerun the same "
-                                     "command to recompute it")
+            check_checkpoint(folder, _recompute_advice(layout, folder))
 
 
 class RunContext:

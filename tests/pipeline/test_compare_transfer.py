@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 
 import pytest
 import yaml
@@ -367,3 +368,216 @@ def test_a_methods_diagnostics_are_compared_too(tmp_path):
     (entry,) = find_runs([tmp_path])
     assert entry.by_cycle[0]["diagnostics/procrustes_residual"] == 0.25
     assert "diagnostics/note" not in entry.by_cycle[0]
+
+
+# --- a sweep over one method's setting: each method's entry has only its own method's settings
+
+ALPHAS = (1.0, 3.0, 10.0)
+# alpha -> (transfer, preservation, specificity) of procrustes_probe; none and copy_head do not depend on it
+PROBE = {1.0: (0.0, 0.98, 0.0), 3.0: (0.4, 0.95, 0.05), 10.0: (0.9, 0.80, 0.30)}
+ALPHA = "transfer.procrustes_probe.alpha"
+
+
+def alpha_config(alpha, target_images=100):
+    """The `transfer` section of a run of `transfer.procrustes_probe.alpha=<alpha>`: every method's YAML."""
+    return {**{name: {"type": name} for name in CONFIGURED},
+            "procrustes_probe": {"type": "procrustes_probe", "alpha": alpha, "target_images": target_images}}
+
+
+def alpha_run(folder, alpha, none=(0.0, 0.98, 0.0), seed=0):
+    transfer, preservation, specificity = PROBE[alpha]
+    return make_transfer_run(folder, seed, {
+        "none": method_result("none", *none),
+        "copy_head": method_result("copy_head", 0.0, 0.98, 0.0, parameters_changed=65),
+        "procrustes_probe": method_result("procrustes_probe", transfer, preservation, specificity, target_images=100,
+                                          target_labels=True, other_images=300, gradient_steps=40,
+                                          parameters_changed=55)},
+        extra={"transfer": alpha_config(alpha)})
+
+
+@pytest.fixture
+def alpha_sweep(tmp_path):
+    """`--multirun transfer.procrustes_probe.alpha=1,3,10` (seed 0): none and copy_head give the same numbers in
+    every run, procrustes_probe's differ by alpha."""
+    for job, alpha in enumerate(ALPHAS):
+        alpha_run(tmp_path / str(job), alpha)
+    return tmp_path
+
+
+def test_a_methods_entry_has_only_its_own_methods_settings(alpha_sweep):
+    runs = find_runs([alpha_sweep])
+    none = next(r for r in runs if r.method == "none")
+    probe = next(r for r in runs if r.method == "procrustes_probe")
+    assert "transfer.none.type" in none.settings and ALPHA not in none.settings
+    assert not any(k.startswith(("transfer.copy_head.", "transfer.procrustes_probe.")) for k in none.settings)
+    assert probe.settings[ALPHA] == 1.0 and "transfer.none.type" not in probe.settings
+    assert probe.settings["concept.target_images"] == 100 and probe.run_settings["transfer.none.type"] == "none"
+    assert not none.has_setting(ALPHA) and probe.has_setting(ALPHA) and none.has_setting("concept.target")
+
+
+def test_a_sweep_over_one_methods_setting_gives_each_method_once_and_that_method_per_value(alpha_sweep):
+    comparison = compare(find_runs([alpha_sweep]))
+    assert comparison.group_by == ["transfer.method", ALPHA]
+    assert {name: len(runs) for name, runs in comparison.groups.items()} == {
+        "none": 1, "copy_head": 1, "procrustes_probe, alpha=1.0": 1, "procrustes_probe, alpha=3.0": 1,
+        "procrustes_probe, alpha=10.0": 1}
+    assert list(comparison.groups) == ["none", "copy_head", "procrustes_probe, alpha=1.0",
+                                       "procrustes_probe, alpha=3.0", "procrustes_probe, alpha=10.0"]
+    assert comparison.groups["none"][0].run_folder == alpha_sweep / "0"  # the first by folder order is kept
+    assert comparison.notes == [
+        f"4 results counted once: the same method, settings and seed with the same numbers as a result already "
+        f"counted (the first by folder order), from runs that differ only in other methods' settings ({ALPHA}); "
+        f"left out: {alpha_sweep / '1/results/methods/none'}, {alpha_sweep / '1/results/methods/copy_head'}, "
+        f"{alpha_sweep / '2/results/methods/none'} and 1 more"]
+    transfer = row(comparison.rows, "concept/transfer")
+    assert [transfer.final[name][:1] for name in comparison.groups] == [(0.0,), (0.0,), (0.0,), (0.4,), (0.9,)]
+    text = format_comparison(comparison)
+    assert text.startswith(f"grouped by: transfer.method, {ALPHA}; 3 runs of concept transfer, one result per "
+                           "method: 5 results in 5 groups")
+    assert "none (n=1)" in text and "procrustes_probe, alpha=10.0 (n=1)" in text and "unset" not in text
+    assert text.count("note:") == 1
+
+
+@pytest.mark.parametrize("selector", ["transfer.method=none", "none"])
+def test_the_baseline_none_pairs_every_alpha_with_the_one_none(alpha_sweep, selector):
+    comparison = compare(find_runs([alpha_sweep]))
+    paired = paired_comparison(comparison, select_baseline(comparison, selector))
+    assert paired.baseline == "none" and paired.notes == []
+    assert paired.groups == ["copy_head", "procrustes_probe, alpha=1.0", "procrustes_probe, alpha=3.0",
+                             "procrustes_probe, alpha=10.0"]
+    assert all([seed for seed, _, _ in pairs] == [0] for pairs in paired.pairs.values())
+    transfer = row(paired.rows, "concept/transfer").at_cycle
+    assert [transfer[name].diff.mean for name in paired.groups] == [0.0, 0.0, pytest.approx(0.4), pytest.approx(0.9)]
+    # a method's own setting selects one of its groups, the others lack it
+    assert select_baseline(comparison, f"{ALPHA}=3.0") == "procrustes_probe, alpha=3.0"
+    assert select_baseline(comparison, "procrustes_probe, alpha=1.0") == "procrustes_probe, alpha=1.0"
+
+
+def test_the_script_on_an_alpha_sweep(monkeypatch, capsys, alpha_sweep, tmp_path):
+    code, out, err = run_main(monkeypatch, capsys, alpha_sweep, "--baseline", "transfer.method=none", "--out",
+                              tmp_path / "o")
+    assert code == 0 and err == ""
+    plain, paired = out.split("\n\n")
+    assert "none (n=1)" in plain and plain.count("note: ") == 1 and "4 results counted once" in plain
+    assert paired.startswith("difference from the baseline group 'none', paired by seed")
+    assert "procrustes_probe, alpha=10.0 (n=1)" in line(paired, "metric") and "note:" not in paired
+    assert line(paired, "concept/transfer").split("|")[-1].strip() == "+0.9 (no CI)"
+
+
+def test_by_method_alone_counts_each_experiment_once_and_says_what_a_group_mixes(alpha_sweep):
+    comparison = compare(find_runs([alpha_sweep]), group_by=["transfer.method"])
+    assert {name: len(runs) for name, runs in comparison.groups.items()} == {
+        "none": 1, "copy_head": 1, "procrustes_probe": 3}
+    assert comparison.notes[0].startswith("4 results counted once: ")
+    assert comparison.notes[1:] == [
+        f"group 'procrustes_probe' mixes {ALPHA} = 1.0, 3.0, 10.0: its cells average over those values; "
+        f"--by transfer.method {ALPHA} keeps them apart"]
+    mean, _, n = row(comparison.rows, "concept/transfer").final["procrustes_probe"]
+    assert (mean, n) == (pytest.approx(1.3 / 3), 3)
+    assert f"note: {comparison.notes[1]}" in format_comparison(comparison)
+    # grouped by alpha as well: nothing mixed
+    assert len(compare(find_runs([alpha_sweep]), group_by=["transfer.method", ALPHA]).notes) == 1
+
+
+def test_a_repeat_with_other_numbers_is_not_collapsed_and_is_said(alpha_sweep):
+    shutil.rmtree(alpha_sweep / "1")
+    alpha_run(alpha_sweep / "1", 3.0, none=(0.0, 0.97, 0.0))  # none gives other numbers in this run
+    comparison = compare(find_runs([alpha_sweep]))
+    assert {name: len(runs) for name, runs in comparison.groups.items()}["none"] == 2
+    assert [r.run_folder for r in comparison.groups["none"]] == [alpha_sweep / "0", alpha_sweep / "1"]
+    assert comparison.notes == [
+        f"3 results counted once: the same method, settings and seed with the same numbers as a result already "
+        f"counted (the first by folder order), from runs that differ only in other methods' settings ({ALPHA}); "
+        f"left out: {alpha_sweep / '1/results/methods/copy_head'}, {alpha_sweep / '2/results/methods/none'}, "
+        f"{alpha_sweep / '2/results/methods/copy_head'}",
+        f"results of the same method, settings and seed differ between runs, so each is counted (a seed should "
+        f"give the same numbers: check how the runs were made): none with seed 0 in {alpha_sweep / '0'}, "
+        f"{alpha_sweep / '1'}"]
+    paired = paired_comparison(comparison, select_baseline(comparison, "transfer.method=none"))
+    assert any(note.startswith("seed 0 is repeated in group 'none'") for note in paired.notes)
+
+
+def test_a_run_repeated_in_another_folder_counts_once(tmp_path):
+    for job in ("a", "b"):
+        alpha_run(tmp_path / job, 3.0)
+    comparison = compare(find_runs([tmp_path]))
+    assert {name: len(runs) for name, runs in comparison.groups.items()} == {"none": 1, "copy_head": 1,
+                                                                            "procrustes_probe": 1}
+    assert comparison.notes == [
+        f"3 results counted once: the same method, settings and seed with the same numbers as a result already "
+        f"counted (the first by folder order), from runs that differ only in their folders (the same settings: a "
+        f"run repeated); left out: {tmp_path / 'b/results/methods/none'}, "
+        f"{tmp_path / 'b/results/methods/copy_head'}, {tmp_path / 'b/results/methods/procrustes_probe'}"]
+
+
+def test_seeds_of_an_alpha_sweep_are_averaged_per_alpha(tmp_path):
+    for seed in (0, 1):
+        for job, alpha in enumerate(ALPHAS):
+            alpha_run(tmp_path / f"{seed}_{job}", alpha, seed=seed)
+    comparison = compare(find_runs([tmp_path]))
+    assert {name: len(runs) for name, runs in comparison.groups.items()} == {
+        "none": 2, "copy_head": 2, "procrustes_probe, alpha=1.0": 2, "procrustes_probe, alpha=3.0": 2,
+        "procrustes_probe, alpha=10.0": 2}
+    assert comparison.notes[0].startswith("8 results counted once: ")
+
+
+def test_where_on_a_methods_setting_keeps_the_other_methods(alpha_sweep):
+    runs = find_runs([alpha_sweep])
+    kept = where(runs, [f"{ALPHA}=3.0"])
+    assert sorted((r.method, r.run_folder.name) for r in kept) == [
+        ("copy_head", "0"), ("copy_head", "1"), ("copy_head", "2"), ("none", "0"), ("none", "1"), ("none", "2"),
+        ("procrustes_probe", "1")]
+    comparison = compare(kept)
+    assert list(comparison.groups) == ["none", "copy_head", "procrustes_probe"]
+    with pytest.raises(ConfigError, match=rf"^--where {ALPHA}=4: no result of procrustes_probe has it; {ALPHA} is "
+                                          r"1.0, 3.0, 10.0 in these runs$"):
+        where(runs, [f"{ALPHA}=4"])
+
+
+def test_a_methods_setting_that_follows_a_run_setting_is_not_grouped_by(tmp_path):
+    for job, k in enumerate((10, 100)):
+        make_transfer_run(tmp_path / str(job), 0, {
+            "none": method_result("none", 0.0, 0.98, 0.0),
+            "procrustes_probe": method_result("procrustes_probe", 0.0, 0.98, 0.0, target_images=k)},
+            extra={"transfer": alpha_config(1.0, target_images=k),
+                   "concept": {"classes_a": [0, 1, 2, 3], "classes_b": [2, 3, 4, 5], "target": 4, "distractor": 5,
+                               "methods": ["none", "procrustes_probe"], "target_images": k}})
+    comparison = compare(find_runs([tmp_path]))
+    assert comparison.group_by == ["concept.target_images", "transfer.method"]
+    assert list(comparison.groups) == ["10, none", "10, procrustes_probe", "100, none", "100, procrustes_probe"]
+    assert comparison.notes == []  # none's results differ in k: not repeats
+
+
+def test_wandb_rows_are_of_the_collapsed_entries(alpha_sweep):
+    rows = comparison_rows(compare(find_runs([alpha_sweep])))
+    none = [r for r in rows if r[0] == "none" and r[1] == "concept/transfer"]
+    assert none == [["none", "concept/transfer", "at_cycle", 0.0, None, 1, 1]]
+    assert {r[0] for r in rows} == {"none", "copy_head", "procrustes_probe, alpha=1.0",
+                                    "procrustes_probe, alpha=3.0", "procrustes_probe, alpha=10.0"}
+
+
+def test_validation_measures_and_extra_budget_items_are_compared(tmp_path):
+    result = method_result("finetune_head", 0.5, 0.97, 0.1, validation_images=180)
+    result["validation"] = {"transfer": 0.6, "preservation": 0.96, "specificity": 0.05, "preservation_change": -0.01,
+                            "confusion": [[1, 0], [0, 1]], "confusion_rows": [0, 1]}
+    make_transfer_run(tmp_path / "0", 0, {"finetune_head": result})
+    (entry,) = find_runs([tmp_path])
+    assert entry.by_cycle[0]["validation/transfer"] == 0.6 and entry.by_cycle[0]["budget/validation_images"] == 180
+    assert not any(k.startswith("validation/confusion") for k in entry.by_cycle[0])
+    assert "validation/*: the same measures on the validation split" in format_comparison(compare([entry]))
+
+
+def test_a_run_made_before_a_methods_yaml_is_its_own_group_of_that_method(tmp_path):
+    alpha_run(tmp_path / "0", 3.0)
+    make_transfer_run(tmp_path / "1", 1, {"none": method_result("none", 0.0, 0.98, 0.0),
+                                          "procrustes_probe": method_result("procrustes_probe", 0.1, 0.9, 0.0)})
+    comparison = compare(find_runs([tmp_path]))
+    # its other settings (type, target_images) follow alpha: one key says it
+    assert comparison.group_by == ["transfer.method", ALPHA]
+    assert list(comparison.groups) == ["none", "copy_head", "procrustes_probe, alpha=3.0",
+                                       "procrustes_probe, alpha=unset"]
+    assert comparison.notes == [f"{ALPHA} is not a setting of 1 of 2 runs "
+                                f"({tmp_path / '1/results/methods/procrustes_probe'}); their group says 'unset'"]
+    assert compare(find_runs([tmp_path]), group_by=["transfer.method"]).notes == [
+        f"group 'procrustes_probe' mixes {ALPHA} = 3.0, unset: its cells average over those values; "
+        f"--by transfer.method {ALPHA} keeps them apart"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def test_default_run_on_digits(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = results(run_dir)
     methods = summary["methods"]
-    assert list(methods) == ["none", "joint", "copy_head", "procrustes_probe", "activation_transplant", "cascade",
-                             "finetune_head", "finetune_replay"]
+    assert list(methods) == ["none", "joint", "copy_head", "procrustes_probe", "procrustes_probe_tuned",
+                             "activation_transplant", "cascade", "cascade_isolated", "finetune_head", "finetune_replay"]
     for name, result in methods.items():
         m = result["measures"]
         for measure in ("transfer", "preservation", "specificity"):
@@ -55,7 +56,8 @@ def test_default_run_on_digits(tmp_path):
         assert len(m["confusion"]) == 6 and len(m["confusion"][0]) == 7  # classes 0-5, predicted 0-5 + other
         assert (run_dir / "checkpoints" / f"edited_{name}" / "config.json").is_file()
     none, joint, copy = methods["none"], methods["joint"], methods["copy_head"]
-    assert none["budget"] == {"target_images": 0, "target_labels": False, "other_images": 0, "gradient_steps": 0,
+    assert none["budget"] == {"target_images": 0, "target_labels": False, "other_images": 0, "validation_images": 0,
+                              "gradient_steps": 0,
                               "parameters_changed": 0}
     assert none["measures"]["preservation_change"] == 0.0
     assert joint["budget"]["target_labels"] and joint["budget"]["gradient_steps"] > 0
@@ -105,15 +107,21 @@ def test_methods_can_be_added_and_changed_on_a_finished_run(tmp_path, caplog):
     assert results(run_dir)["methods"]["cascade"]["settings"]["ratios"] == [2, 2]
 
 
-def _refused(caplog, run_dir: Path, overrides, match: str) -> str:
+def _refused(caplog, run_dir: Path, overrides, match: str, base=QUICK) -> str:
+    """The run stops with exit code 2 and one one-line error containing `match`; no folder is created, and an
+    existing one is left as it was."""
+    before = snapshot(run_dir) if run_dir.exists() else None
     caplog.clear()
     with pytest.raises(SystemExit) as exit_info:
-        run_transfer(run_dir, overrides)
+        run_transfer(run_dir, overrides, base=base)
     assert exit_info.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert match in errors[0], errors[0]
-    assert not run_dir.exists(), "a refused run must write nothing"
+    if before is None:
+        assert not run_dir.exists(), "a refused run must write nothing"
+    else:
+        assert snapshot(run_dir) == before, "a refused run must change no file"
     return errors[0]
 
 
@@ -131,28 +139,42 @@ def _refused(caplog, run_dir: Path, overrides, match: str) -> str:
     (["concept.methods=[]"], "concept.methods is empty"),
     (["model_a.epochs=0"], "model_a.epochs=0 must be a positive integer"),
     (["concept.target_images=0"], "concept.target_images=0"),
+    (["transfer.cascade.type=cascad"], "transfer.cascade.type='cascad' is not a known transfer method"),
 ])
 def test_bad_settings_are_one_line_and_write_nothing(tmp_path, caplog, overrides, match):
     _refused(caplog, tmp_path / "run", overrides, match)
 
 
+def test_a_model_that_is_no_mlp_is_refused(tmp_path, caplog):
+    _refused(caplog, tmp_path / "run", ["model@model_a=minilm", "model@model_b=minilm"],
+             "model_a.name=transformer: concept transfer compares image", base=["wandb.mode=disabled"])
+
+
 def test_more_target_images_than_the_data_has_is_refused_before_training(tmp_path, caplog):
-    line = _refused(caplog, tmp_path / "run", ["concept.methods=[none,finetune_head]",
-                                               "concept.target_images=5000"], "transfer.finetune_head.target_images=5000")
+    line = _refused(caplog, tmp_path / "run", ["concept.methods=[none,procrustes_probe]", "concept.target_images=5000"],
+                    "concept.target_images=5000 (as transfer.procrustes_probe.target_images) is more than the")
     assert "give at most" in line
+    _refused(caplog, tmp_path / "run", ["concept.methods=[none,activation_transplant]",
+                                        "transfer.activation_transplant.target_images=4000"],
+             "transfer.activation_transplant.target_images=4000 is more than the")
+    _refused(caplog, tmp_path / "run", ["concept.methods=[none,finetune_head]", "concept.target_images=900"],
+             "concept.target_images=900 (as transfer.finetune_head.target_images) is more than the 800 target draws")
 
 
 def test_every_method_is_one_class_and_one_yaml_loaded_by_default():
-    """A registered method without its YAML (or a YAML the defaults list does not load) would be unreachable."""
-    import sae_ception.transfer.methods  # noqa: F401
+    """A registered method without its YAML (or a YAML the defaults list does not load) would be unreachable; a
+    YAML may also configure a variant of a method under another name (cascade_isolated: type cascade)."""
+    importlib.import_module("sae_ception.transfer.methods")  # registers every method
 
     yamls = sorted(p.stem for p in (CONFIG_DIR / "transfer").glob("*.yaml"))
-    assert yamls == TRANSFER_METHODS.names()
+    assert set(TRANSFER_METHODS.names()) <= set(yamls)
     cfg = compose_transfer(Path("/nonexistent"), base=[])
     assert sorted(cfg.transfer) == yamls
     assert sorted(cfg.concept.methods) == yamls  # the default run compares every method
     for name in yamls:
-        assert cfg.transfer[name].type == name
+        expected = name if name in TRANSFER_METHODS else {"cascade_isolated": "cascade",
+                                                          "procrustes_probe_tuned": "procrustes_probe"}[name]
+        assert cfg.transfer[name].type == expected
 
 
 def test_wandb_gets_every_method_measures_budget_table_and_figure(tmp_path, fake_wandb):
@@ -191,11 +213,58 @@ def test_a_model_checkpoint_that_does_not_fit_is_refused_before_anything_runs(tm
     shutil.rmtree(run_dir / "checkpoints" / "model_a")
     shutil.copytree(other / "checkpoints" / "model_a", run_dir / "checkpoints" / "model_a")
     (run_dir / "results" / "transfer.json").unlink()
-    before = snapshot(run_dir)
-    caplog.clear()
-    with pytest.raises(SystemExit) as exit_info:
-        run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
-    assert exit_info.value.code == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "model_a" in errors[0], errors
-    assert snapshot(run_dir) == before
+    _refused(caplog, run_dir, ["concept.methods=[none,copy_head]"], "model_a: checkpoint")
+
+
+def test_validation_measures_and_the_budget_of_validation_images(tmp_path):
+    """Each method is also measured on the validation split (what a choice between settings may read); joint,
+    which keeps its best validation epoch, counts the validation images it read."""
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["concept.methods=[none,joint,copy_head]"])
+    summary = results(run_dir)
+    for name, result in summary["methods"].items():
+        assert set(result["validation"]) >= {"transfer", "preservation", "specificity", "preservation_change"}
+    assert summary["methods"]["none"]["validation"]["preservation_change"] == 0.0
+    assert summary["models"]["a"]["validation"]["own_accuracy"] > 0.8
+    val_images = sum(sum(row) for i, row in enumerate(summary["methods"]["none"]["validation"]["confusion"])
+                     if summary["methods"]["none"]["validation"]["confusion_rows"][i] in (0, 1, 2, 3, 4))
+    assert summary["methods"]["joint"]["budget"]["validation_images"] == val_images > 0
+    assert summary["methods"]["copy_head"]["budget"]["validation_images"] == 0
+    run_dir = tmp_path / "last_epoch"
+    run_transfer(run_dir, ["concept.methods=[joint]", "model_a.keep_best=false"])
+    assert results(run_dir)["methods"]["joint"]["budget"]["validation_images"] == 0
+
+
+def test_weakly_trained_models_are_flagged(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["concept.methods=[none]", "model_b.epochs=1", "model_b.lr=1e-5"])
+    warnings = results(run_dir)["warnings"]
+    assert any("model B recognises only" in w for w in warnings), warnings
+    assert any(r.levelname == "WARNING" and "model B" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_method_result_is_one_line_and_a_missing_edit_is_recomputed(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
+    first = results(run_dir)["methods"]
+    # the edited model deleted (a damaged one's advice): the method runs again, with the same numbers
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints" / "edited_copy_head")
+    run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
+    assert (run_dir / "checkpoints" / "edited_copy_head" / "config.json").is_file()
+    assert results(run_dir)["methods"] == first
+    path = run_dir / "results" / "methods" / "none.json"
+    saved = json.loads(path.read_text())
+    del saved["measures"]["transfer"]
+    path.write_text(json.dumps(saved))
+    _refused(caplog, run_dir, ["concept.methods=[none,copy_head]"], "none.json is damaged (measures lacks transfer)")
+
+
+@pytest.mark.parametrize("overrides", [["transfer.activation_transplant.isolate=true",
+                                        "transfer.activation_transplant.layers=[0]"],
+                                       ["transfer.activation_transplant.isolate=true",
+                                        "transfer.activation_transplant.copy_head_row=false"]])
+def test_an_isolated_transplant_that_cannot_reach_the_target_row_is_refused(tmp_path, caplog, overrides):
+    _refused(caplog, tmp_path / "run", ["concept.methods=[activation_transplant]", *overrides],
+             "transfer.activation_transplant.isolate=true cuts the transplanted units out")

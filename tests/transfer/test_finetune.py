@@ -98,11 +98,26 @@ def test_finetune_replay_may_change_every_parameter():
 
 
 @pytest.mark.parametrize("name", METHODS)
-@pytest.mark.parametrize("replay_per_class, other", [(5, 4 * 5), (None, 4 * PER_CLASS)])
+@pytest.mark.parametrize("replay_per_class, other", [(5, 4 * 5), (None, 4 * PER_CLASS), (2, 4 * 2)])
 def test_budget_is_exact(name, replay_per_class, other):
-    _, ctx = _apply(name, target_images=7, steps=4, target_batch=3, replay_batch=5, replay_per_class=replay_per_class)
+    _, ctx = _apply(name, target_images=7, steps=4, target_batch=3, replay_batch=12, replay_per_class=replay_per_class)
     assert ctx.budget.as_dict() == {"target_images": 7, "target_labels": True, "other_images": other,
-                                    "gradient_steps": 4, "parameters_changed": 0}  # the stage fills the last
+                                    "validation_images": 0, "gradient_steps": 4,
+                                    "parameters_changed": 0}  # the stage fills the last
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_replay_pool_is_never_larger_than_the_draws_so_every_counted_image_is_trained_on(name):
+    """2 steps x 5 replay images reach 10 images: 2 of each of A's 4 classes are drawn, not the whole pool."""
+    _, ctx = _apply(name, target_images=6, steps=2, target_batch=3, replay_batch=5, replay_per_class=None)
+    assert ctx.budget.other_images == 4 * 2 and ctx.budget.target_images == 6
+
+
+def test_more_target_images_than_the_steps_can_draw_is_refused():
+    from sae_ception.transfer.methods.finetune_head import FinetuneHeadConfig
+
+    with pytest.raises(ConfigError, match=r"transfer.finetune_head.target_images=7 is more than the 6 target draws"):
+        FinetuneHeadConfig(target_images=7, steps=2, target_batch=3).validate_for("finetune_head", None)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -132,6 +147,31 @@ def test_both_methods_draw_the_same_batches():
     head, replay = seen["finetune_head"], seen["finetune_replay"]
     assert len(head) == len(replay) == 10 and all(len(x) == 16 + 32 for x in head)
     assert all(torch.equal(x, y) for x, y in zip(head, replay))
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("lr", [1e-3, 3e-2])
+def test_one_step_moves_the_target_row_by_the_configured_lr(name, lr):
+    """Adam's first step moves every weight whose gradient is not zero by lr (times the sign of the gradient):
+    the configured lr, not a fixed one."""
+    a = _model_a()
+    edited, _ = _apply(name, model_a=a, steps=1, lr=lr)
+    moved = torch.cat([edited.head.weight[TARGET] - a.head.weight[TARGET],
+                       (edited.head.bias[TARGET] - a.head.bias[TARGET])[None]]).abs()
+    torch.testing.assert_close(moved, torch.full_like(moved, lr), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_training_starts_from_a_target_row(name):
+    """A whose target row is not zero, a tiny lr: the trained row stays next to A's row (it starts from it)."""
+    a = _model_a()
+    with torch.no_grad():
+        a.head.weight[TARGET] = torch.linspace(-2.0, 2.0, WIDTH)
+        a.head.bias[TARGET] = 1.5
+    edited, _ = _apply(name, model_a=a, steps=10, lr=1e-5)
+    torch.testing.assert_close(edited.head.weight[TARGET], a.head.weight[TARGET], atol=10 * 1e-5 * 1.01, rtol=0)
+    torch.testing.assert_close(edited.head.bias[TARGET], a.head.bias[TARGET], atol=10 * 1e-5 * 1.01, rtol=0)
+    assert not torch.equal(edited.head.weight[TARGET], a.head.weight[TARGET])  # it did train
 
 
 def test_more_steps_of_finetune_head_raise_the_target_recall():

@@ -39,6 +39,15 @@ def test_transfer_preservation_specificity_by_hand():
     assert m["specificity"] == 1 / 2  # distractor images called the target: 3->2, 3->3
 
 
+def test_specificity_counts_distractor_images_called_the_target_not_those_called_other_classes():
+    """A distractor image predicted as a third class (A's 0, or an output outside the shown ones) is not called
+    the target: specificity counts only the target predictions, whatever else the distractor is called."""
+    m = _measures([2, 3, 0, 9, 1], [3, 3, 3, 3, 3])
+    assert m["specificity"] == 1 / 5
+    assert _measures([0, 9, 1], [3, 3, 3])["specificity"] == 0.0
+    assert _measures([2, 2, 3], [3, 3, 3])["specificity"] == 2 / 3
+
+
 def test_confusion_cell_by_cell_with_the_other_column():
     m = _measures(PREDICTIONS, LABELS)
     assert m["confusion_rows"] == [0, 1, 2, 3]
@@ -134,6 +143,34 @@ def test_target_images_counts_k_distinct_images_and_the_labels():
 
 def test_target_images_same_seed_same_images():
     assert torch.equal(_context(seed=3).target_images(2), _context(seed=3).target_images(2))
+
+
+def _sampling_context(generator_seed: int, sample_seed: int) -> TransferContext:
+    model = nn.Linear(1, 6)
+    run = SimpleNamespace(accelerator=Accelerator(cpu=True))
+    return TransferContext(run, "hand", CopyHeadConfig(), model, model, TransferData(_hand_splits(), ConceptConfig()),
+                           torch.Generator().manual_seed(generator_seed), sample_seed=sample_seed)
+
+
+def test_target_images_are_a_fixed_order_of_the_run_not_a_draw_per_call():
+    """Which k images a method gets depends on the run's sample seed only: not on the method's generator (nor on
+    what it drew before), not on how often it asks; a smaller request is part of a larger one."""
+    ctx = _sampling_context(generator_seed=0, sample_seed=11)
+    first = _rows(ctx.target_images(2))
+    torch.randperm(50, generator=ctx.generator)  # the method's own randomness in between
+    torch.rand(50)
+    assert _rows(ctx.target_images(2)) == first
+    nested = [_rows(ctx.target_images(k)) for k in range(1, 6)]
+    assert all(small < large for small, large in zip(nested, nested[1:])) and nested[1] == first
+    for generator_seed in (1, 2, 3):  # other methods' generators, the same run
+        other = _sampling_context(generator_seed=generator_seed, sample_seed=11)
+        torch.randperm(7, generator=other.generator)
+        assert _rows(other.target_images(2)) == first
+    # another run's sample seed: another order of the class's images
+    orders = {tuple(sorted(_rows(_sampling_context(0, seed).target_images(2)))) for seed in range(8)}
+    assert len(orders) > 1
+    firsts = {next(iter(_rows(_sampling_context(0, seed).target_images(1)))) for seed in range(8)}
+    assert len(firsts) > 1
 
 
 def test_target_images_refuses_more_than_the_class_has():

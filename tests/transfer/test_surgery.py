@@ -2,6 +2,7 @@
 helpers (transfer/pathways.py), each against a hand-built case: a known rotation, a hand-wired pathway, a
 hand-made selective unit, transplants that write exactly what they select, exact budgets, one-line errors."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +24,7 @@ from sae_ception.transfer.methods.cascade import CascadeConfig
 from sae_ception.transfer.methods.procrustes_probe import ProcrustesProbeConfig
 from sae_ception.transfer.pathways import (Probe, carry_probe, cascade_selection, fit_alignment, fit_probe,
                                            selectivity, top_units, transplant)
+from sae_ception.transfer.selection import select_on_validation
 from tests.conftest import CONFIG_DIR
 
 TARGET = 4
@@ -358,3 +360,308 @@ def test_more_target_images_than_the_data_has_is_refused_before_anything_runs(se
         context(name, settings, mlp([4]), mlp([4]), data).target_images(PER_CLASS + 1)
     assert str(info.value) == expected
     method(name, type(settings)(target_images=PER_CLASS)).preflight(data)  # exactly enough: accepted
+
+
+# --- activation_transplant: selectivity subtracts the other classes' mean, on post-ReLU activations -----------------
+def test_selectivity_subtracts_the_mean_on_other_images():
+    generator = torch.Generator().manual_seed(12)
+    target_acts, other_acts = torch.rand(5, 4, generator=generator), torch.rand(9, 4, generator=generator)
+    target_acts[:, 0], other_acts[:, 0] = 20.0, 20.0  # unit 0 fires strongly on every image: not selective
+    target_acts[:, 2], other_acts[:, 2] = 3.0, 0.0  # unit 2 fires only on target images
+    scores = selectivity(target_acts, other_acts)
+    assert scores[0] == 0.0 and scores[2] == 3.0
+    assert top_units(scores, 1).tolist() == [2]
+
+
+def test_activation_transplant_ranks_post_relu_activations_against_the_other_classes():
+    """B's first hidden layer: unit 0 fires at 20 on every image, unit 1's pre-activation is -85 on target images
+    and -100 on the others (after the ReLU: 0 everywhere), unit 3 fires at 10 on target images only. Only the
+    difference of post-ReLU means picks unit 3 (a plain mean picks unit 0, pre-ReLU activations pick unit 1)."""
+    data = tiny_data(input_dim=6, marker=5)
+    model_a, model_b = mlp([5, 4], seed=10), mlp([5, 4], seed=11)
+    with torch.no_grad():
+        layer = model_b.blocks[0][0]
+        layer.weight.mul_(0.1)
+        layer.weight[0], layer.bias[0] = 0.0, 20.0
+        layer.weight[1] = 0.0
+        layer.weight[1, 5], layer.bias[1] = 15.0, -100.0
+        layer.weight[3] = 0.0
+        layer.weight[3, 5], layer.bias[3] = 10.0, 0.0
+    acts = hidden_activations(model_b, data.splits.train.x)[0]
+    is_target = data.splits.train.y == TARGET
+    assert bool((acts[:, 0] == 20).all()) and bool((acts[:, 1] == 0).all())
+    assert bool((acts[is_target, 3] == 10).all()) and bool((acts[~is_target, 3] == 0).all())
+    settings = ActivationTransplantConfig(target_images=PER_CLASS, negatives_per_class=PER_CLASS, top_k=1, layers=[0])
+    edited = method("activation_transplant", settings).apply(context("activation_transplant", settings, model_a,
+                                                                     model_b, data))
+    selected = [torch.tensor([3]), torch.zeros(0, dtype=torch.long)]
+    assert_state_equal(edited, expected_after_transplant(model_a, model_b, selected, TARGET, copy_head_row=True))
+
+
+# --- procrustes_probe: the anchors are the shared classes' images -------------------------------------------------
+def test_procrustes_probe_fits_its_rotation_on_the_shared_classes_only():
+    """A and B unrelated (no exact rotation), so the fitted rotation depends on which images anchor it: the edit
+    must be the one fitted on classes 2 and 3 (concept.shared), not on B's other classes 2, 3 and 5."""
+    data = tiny_data(input_dim=10)
+    model_a, model_b = alive_mlp(10, [8, 5], seed=13), alive_mlp(10, [8, 5], seed=14)
+    settings = ProcrustesProbeConfig(alpha=2.0, target_images=PER_CLASS, negatives_per_class=100)
+    ctx = context("procrustes_probe", settings, model_a, model_b, data)
+    calls = []
+    class_images = ctx.class_images
+
+    def recording(classes, per_class=None):
+        calls.append((list(classes), per_class))
+        return class_images(classes, per_class)
+
+    ctx.class_images = recording
+    edited = method("procrustes_probe", settings).apply(ctx)
+    assert data.concept.shared == [2, 3]
+    assert calls == [([2, 3, 5], 100), ([2, 3], None)]  # the probe's negatives, then the anchors
+
+    train = data.splits.train
+    probe = fit_probe(penultimate(model_b, train.x[train.y == TARGET]),
+                      penultimate(model_b, train.x[torch.isin(train.y, torch.tensor([2, 3, 5]))]))
+
+    def expected_row(anchor_classes):
+        anchors = train.x[torch.isin(train.y, torch.tensor(anchor_classes))]
+        weight, intercept = carry_probe(probe, fit_alignment(penultimate(model_b, anchors), penultimate(model_a, anchors)))
+        head = linear_layers(model_a)[-1]
+        return head.weight[TARGET].double() + 2.0 * weight, float(head.bias[TARGET]) + 2.0 * intercept
+
+    head = linear_layers(edited)[-1]
+    weight, bias = expected_row([2, 3])
+    torch.testing.assert_close(head.weight[TARGET].double(), weight, atol=1e-4, rtol=1e-4)
+    assert abs(float(head.bias[TARGET].detach()) - bias) < 1e-4
+    wrong, _ = expected_row([2, 3, 5])
+    assert not torch.allclose(wrong, weight, atol=1e-2)  # other anchors would give another edit
+
+
+# --- transplant with isolate: the pathway as a circuit of its own -------------------------------------------------
+def numbered_pair() -> tuple[MLPClassifier, MLPClassifier]:
+    """3 inputs -> hidden [4, 3] -> 6 outputs. A's weights and biases count up from 1 layer by layer (positive),
+    B's are A's negated, so every cell of an edit says where it came from: A (> 0), B (< 0) or cut (0)."""
+    model_a, model_b = mlp([4, 3], input_dim=3), mlp([4, 3], input_dim=3)
+    start = 1
+    with torch.no_grad():
+        for layer_a, layer_b in zip(linear_layers(model_a), linear_layers(model_b)):
+            n = layer_a.weight.numel()
+            layer_a.weight.copy_(torch.arange(start, start + n, dtype=torch.float32).view_as(layer_a.weight))
+            layer_a.bias.copy_(torch.arange(1, 1 + layer_a.bias.numel(), dtype=torch.float32) * 100)
+            layer_b.weight.copy_(-layer_a.weight)
+            layer_b.bias.copy_(-layer_a.bias)
+            start += n
+    return model_a, model_b
+
+
+def test_isolated_transplant_cell_by_cell():
+    """Pathway: units {0, 2} of hidden layer 0, unit {1} of hidden layer 1, output row 4."""
+    model_a, model_b = numbered_pair()
+    edited = copy.deepcopy(model_a)
+    transplant(edited, model_b, [torch.tensor([0, 2]), torch.tensor([1])], TARGET, copy_head_row=True, isolate=True)
+    layers = linear_layers(edited)
+    # hidden layer 0 reads the input: its pathway units are B's rows, the others A's (nothing cut)
+    assert layers[0].weight.tolist() == [[-1, -2, -3],
+                                         [4, 5, 6],
+                                         [-7, -8, -9],
+                                         [10, 11, 12]]
+    assert layers[0].bias.tolist() == [-100, 200, -300, 400]
+    # hidden layer 1: unit 1 (B's) reads only pathway units 0 and 2; units 0 and 2 (A's) no longer read them
+    assert layers[1].weight.tolist() == [[0, 14, 0, 16],
+                                         [-17, 0, -19, 0],
+                                         [0, 22, 0, 24]]
+    assert layers[1].bias.tolist() == [100, -200, 300]
+    # the head: row 4 (B's) reads only pathway unit 1; every other row (A's) no longer reads it
+    assert layers[2].weight.tolist() == [[25, 0, 27],
+                                         [28, 0, 30],
+                                         [31, 0, 33],
+                                         [34, 0, 36],
+                                         [0, -38, 0],
+                                         [40, 0, 42]]
+    assert layers[2].bias.tolist() == [100, 200, 300, 400, -500, 600]
+
+
+def test_isolated_transplant_without_the_head_row_leaves_nothing_reading_the_pathway():
+    model_a, model_b = numbered_pair()
+    edited = copy.deepcopy(model_a)
+    transplant(edited, model_b, [torch.tensor([0, 2]), torch.tensor([1])], TARGET, copy_head_row=False, isolate=True)
+    head = linear_layers(edited)[-1]
+    assert head.weight.tolist() == [[25, 0, 27], [28, 0, 30], [31, 0, 33], [34, 0, 36], [37, 0, 39], [40, 0, 42]]
+    assert head.bias.tolist() == [100, 200, 300, 400, 500, 600]
+    assert linear_layers(edited)[1].weight.tolist() == [[0, 14, 0, 16], [-17, 0, -19, 0], [0, 22, 0, 24]]
+
+
+def test_isolated_transplant_of_every_unit_gives_b_target_logit_and_cuts_a_other_rows_off():
+    model_a, model_b = mlp([7, 5, 3], seed=2), mlp([7, 5, 3], seed=3)
+    x = torch.rand(20, 6, generator=torch.Generator().manual_seed(0))
+    edited = copy.deepcopy(model_a)
+    transplant(edited, model_b, [torch.arange(7), torch.arange(5), torch.arange(3)], TARGET, copy_head_row=True,
+               isolate=True)
+    assert torch.equal(edited(x)[:, TARGET], model_b(x)[:, TARGET])
+    others = torch.arange(CLASSES) != TARGET
+    assert torch.equal(edited(x)[:, others], model_a.head.bias[others].expand(20, -1))  # they read no unit now
+    # cascade with isolate and ratios at least the widths: the same
+    settings = CascadeConfig(ratios=[3, 5, 7], isolate=True)
+    edited = method("cascade", settings).apply(context("cascade", settings, model_a, model_b, tiny_data()))
+    assert torch.equal(edited(x)[:, TARGET], model_b(x)[:, TARGET])
+    assert torch.equal(edited(x)[:, others], model_a.head.bias[others].expand(20, -1))
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_cascade_and_activation_transplant_pass_isolate_to_the_transplant(isolate):
+    model_a, model_b = mlp([6, 5, 4], input_dim=5, seed=8), hand_wired_b()
+    settings = CascadeConfig(ratios=[2, 2, 1], isolate=isolate)
+    edited = method("cascade", settings).apply(context("cascade", settings, model_a, model_b, tiny_data(input_dim=5)))
+    expected = copy.deepcopy(model_a)
+    transplant(expected, model_b, [torch.tensor(units) for units in PATHWAY], TARGET, copy_head_row=True,
+               isolate=isolate)
+    assert_state_equal(edited, expected.state_dict())
+
+    data = tiny_data(input_dim=6, marker=5)
+    model_a, model_b = mlp([5, 4], seed=10), mlp([5, 4], seed=11)
+    settings = ActivationTransplantConfig(target_images=3, negatives_per_class=2, top_k=2, isolate=isolate)
+    ctx = context("activation_transplant", settings, model_a, model_b, data)
+    edited = method("activation_transplant", settings).apply(ctx)
+    positives, negatives = context("x", settings, model_a, model_b, data).target_and_negatives(3, 2)
+    chosen = [top_units(selectivity(t, o), 2) for t, o in zip(hidden_activations(model_b, positives),
+                                                               hidden_activations(model_b, negatives.x))]
+    expected = copy.deepcopy(model_a)
+    transplant(expected, model_b, chosen, TARGET, copy_head_row=True, isolate=isolate)
+    assert_state_equal(edited, expected.state_dict())
+
+
+def test_the_cascade_isolated_yaml_is_the_cascade_with_isolate():
+    cfg = transfer_config("transfer=[cascade,cascade_isolated]", "concept.methods=[cascade,cascade_isolated]")
+    settings = dict(cfg.methods())
+    assert settings["cascade_isolated"] == CascadeConfig(ratios=[24, 6, 4, 3], isolate=True)
+    assert settings["cascade_isolated"].type == "cascade"
+    assert settings["cascade"] == CascadeConfig(isolate=False)
+
+
+# --- procrustes_probe with a list of alphas: the choice on validation images ----------------------------------------
+VAL_LABELS = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 4, 5, 5]  # A's classes 0-3 (8 images), the target (4), the distractor
+
+
+class Fixed:
+    """A hand-made candidate: predicts `predicted[i]` for the validation image whose feature is i."""
+
+    def __init__(self, predicted: list[int]):
+        self.predicted = torch.tensor(predicted)
+
+    def logits_of(self, x, batch_size, device):
+        return torch.nn.functional.one_hot(self.predicted[x[:, 0].long()], CLASSES).float()
+
+
+def validation_context() -> TransferContext:
+    """Validation image i has the single feature i and label VAL_LABELS[i]; training and test are tiny_data's."""
+    data = tiny_data(input_dim=1)
+    val = Split(torch.arange(len(VAL_LABELS), dtype=torch.float32)[:, None], torch.tensor(VAL_LABELS))
+    splits = DataSplits(data.splits.train, val, data.splits.test, num_classes=CLASSES, input_shape=(1,),
+                        source="hand-made")
+    return context("tuned", ProcrustesProbeConfig(alpha=[1.0, 2.0]), mlp([4], input_dim=1), mlp([4], input_dim=1),
+                   TransferData(splits, data.concept))
+
+
+TRUTH = list(VAL_LABELS)
+ALL_TARGET = [TARGET] * len(VAL_LABELS)  # transfer 1, preservation 0: mean 0.5
+A_ONLY = [c if c != TARGET else 0 for c in VAL_LABELS]  # transfer 0, preservation 1: mean 0.5
+MIXED = [0, 1, 1, 1, 2, 2, 3, 0, 4, 4, 4, 0, 4, 4]  # transfer 3/4, preservation 6/8: mean 0.75 (the distractor is
+# called the target: specificity is no part of the choice)
+
+
+def test_select_on_validation_takes_the_best_mean_of_transfer_and_preservation():
+    ctx = validation_context()
+    assert select_on_validation(ctx, [Fixed(ALL_TARGET), Fixed(A_ONLY), Fixed(MIXED)]) == 2
+    assert ctx.diagnostics == {"validation_score_0": 0.5, "validation_score_1": 0.5, "validation_score_2": 0.75}
+    # read: the validation images of A's classes and the target (not the distractor's); nothing else
+    assert ctx.budget == Budget(validation_images=8 + 4)
+    assert select_on_validation(validation_context(), [Fixed(MIXED), Fixed(TRUTH)]) == 1
+
+
+def test_select_on_validation_ties_go_to_the_first():
+    assert select_on_validation(validation_context(), [Fixed(ALL_TARGET), Fixed(A_ONLY)]) == 0
+    assert select_on_validation(validation_context(), [Fixed(A_ONLY), Fixed(ALL_TARGET)]) == 0
+    assert select_on_validation(validation_context(), [Fixed(MIXED), Fixed(TRUTH), Fixed(TRUTH), Fixed(A_ONLY)]) == 1
+
+
+def test_procrustes_probe_with_a_list_of_alphas_keeps_the_one_chosen_on_validation_images():
+    data = tiny_data(input_dim=10, marker=9)  # the target's images are told apart by feature 9
+    model_a, model_b = alive_mlp(10, [8, 5], seed=15), alive_mlp(10, [8, 5], seed=16)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():  # B's first units read the marker; A's features are B's with the last units permuted
+        model_b.blocks[0][0].weight[:4, 9] = 3.0
+        model_a.blocks[0][0].weight.copy_(model_b.blocks[0][0].weight)
+        model_a.blocks[0][0].bias.copy_(model_b.blocks[0][0].bias)
+        model_a.blocks[1][0].weight.copy_(model_b.blocks[1][0].weight[perm])
+        model_a.blocks[1][0].bias.copy_(model_b.blocks[1][0].bias[perm])
+    alphas = [0.001, 0.25, 4.0, 64.0]  # too weak to call any image the target, too weak, enough, enough (a tie)
+    settings = ProcrustesProbeConfig(alpha=alphas, target_images=PER_CLASS, negatives_per_class=100)
+    ctx = context("procrustes_probe_tuned", settings, model_a, model_b, data)
+    edited = method("procrustes_probe_tuned", settings).apply(ctx)
+
+    # each alpha alone, scored by hand on the validation images of A's classes and the target
+    val = data.subset("val", [0, 1, 2, 3, TARGET])
+    singles, scores = [], []
+    for alpha in alphas:
+        single = ProcrustesProbeConfig(alpha=alpha, target_images=PER_CLASS, negatives_per_class=100)
+        single_ctx = context("procrustes_probe", single, model_a, model_b, data)
+        singles.append((method("procrustes_probe", single).apply(single_ctx), single_ctx))
+        with torch.no_grad():
+            predicted = singles[-1][0](val.x).argmax(1)
+        is_target = val.y == TARGET
+        transfer = float((predicted[is_target] == TARGET).float().mean())
+        preservation = float((predicted[~is_target] == val.y[~is_target]).float().mean())
+        scores.append((transfer + preservation) / 2)
+    best = max(range(len(alphas)), key=lambda i: (scores[i], -i))
+    assert scores[0] == scores[1] < scores[2] == scores[3], scores  # the choice matters, and the best two tie
+    assert best == 2
+    assert ctx.diagnostics["alpha"] == alphas[best]
+    for index, score in enumerate(scores):
+        assert ctx.diagnostics[f"validation_score_{index}"] == pytest.approx(score)
+    assert_state_equal(edited, singles[best][0].state_dict())
+    # the budget: the single edit's, plus the validation images read (2 of each of A's classes and of the target)
+    assert ctx.budget == Budget(**{**singles[best][1].budget.as_dict(), "validation_images": 5 * 2})
+    assert singles[best][1].budget.validation_images == 0 and "alpha" not in singles[best][1].diagnostics
+
+
+@pytest.mark.parametrize("value, rule", [
+    ("[]", "[] must be a number > 0"),
+    ("[1.0,-2.0]", "[1.0, -2.0] must be a number > 0"),
+    ("[1.0,0]", "[1.0, 0] must be a number > 0"),
+    ("[1.0,3.0,1.0]", "[1.0, 3.0, 1.0] repeats a value"),
+])
+def test_a_bad_list_of_alphas_is_one_line(value, rule):
+    message = config_error("procrustes_probe_tuned", f"transfer.procrustes_probe_tuned.alpha={value}")
+    assert message.startswith(f"transfer.procrustes_probe_tuned.alpha={rule}")
+
+
+def test_the_tuned_yaml_is_procrustes_probe_with_a_list_of_alphas():
+    settings = dict(only("procrustes_probe_tuned", "concept.target_images=7").methods())["procrustes_probe_tuned"]
+    assert settings == ProcrustesProbeConfig(alpha=[1.0, 3.0, 10.0, 30.0], target_images=7)
+    assert list(settings.alpha) == settings.alphas == [1.0, 3.0, 10.0, 30.0]
+
+
+def _without_validation_images_of(cls: int) -> TransferData:
+    data = tiny_data()
+    val = data.splits.val
+    keep = val.y != cls
+    splits = DataSplits(data.splits.train, Split(val.x[keep], val.y[keep]), data.splits.test, num_classes=CLASSES,
+                        input_shape=(6,), source="hand-made")
+    return TransferData(splits, data.concept)
+
+
+@pytest.mark.parametrize("missing", [TARGET, 0, 3])
+def test_a_list_of_alphas_needs_validation_images_of_a_classes_and_the_target(missing):
+    data = _without_validation_images_of(missing)
+    tuned = ProcrustesProbeConfig(alpha=[1.0, 3.0], target_images=PER_CLASS)
+    with pytest.raises(ConfigError) as info:
+        method("procrustes_probe_tuned", tuned).preflight(data)
+    message = str(info.value)
+    assert message.startswith("transfer.procrustes_probe_tuned.alpha: ") and "\n" not in message
+    assert f"class {missing} has none" in message
+    method("procrustes_probe", ProcrustesProbeConfig(alpha=1.0, target_images=PER_CLASS)).preflight(data)  # one value
+    method("procrustes_probe", ProcrustesProbeConfig(alpha=[2.0], target_images=PER_CLASS)).preflight(data)
+
+
+def test_a_list_of_alphas_does_not_need_validation_images_of_the_distractor():
+    tuned = ProcrustesProbeConfig(alpha=[1.0, 3.0], target_images=PER_CLASS)
+    method("procrustes_probe_tuned", tuned).preflight(_without_validation_images_of(5))

@@ -20,20 +20,33 @@ adds each group's difference from a baseline group, paired by seed, with a 95% i
 (evaluation/compare_paired.py, on this module's `Comparison`; the statistics in evaluation/paired.py).
 
 Concept-transfer runs (scripts/transfer_concept.py: config.yaml + results/transfer.json) are compared the same
-way, read as one entry per method of the run: its settings are the run's plus `transfer.method: <name>` (so the
-methods are the groups, e.g. `--baseline transfer.method=none`), its folder the pseudo-path
+way, read as one entry per method of the run: its settings are the run's without the other methods'
+`transfer.<other>.*` settings (which do not change its result), plus `transfer.method: <name>` (so the methods are
+the groups, e.g. `--baseline transfer.method=none`), its folder the pseudo-path
 `<run>/results/methods/<name>` (distinct per entry, so nothing keyed by folder collides), and its one result
 ("cycle 0") the method's measures `concept/transfer`, `concept/preservation`, `concept/preservation_change`,
 `concept/specificity` (and any other number among its measures, never the confusion matrix) and its budget
 `budget/target_images`, `budget/target_labels` (0/1), `budget/other_images`, `budget/gradient_steps`,
-`budget/parameters_changed`, and the numbers it reports about itself (`diagnostics/*`, e.g. the Procrustes
-residual of `procrustes_probe`). For such a comparison:
+`budget/parameters_changed` (and any other number of its budget), the numbers it reports about itself
+(`diagnostics/*`, e.g. the Procrustes residual of `procrustes_probe`) and its measures on the validation split
+when it has them (`validation/*`, numbers only). For such a comparison:
 - the table has no "Δ since cycle 0" rows, no "values at cycle N" line and no cycle notes (a transfer run has
   no cycles), `--cycle` is refused, and `transfer.method` is added to an explicit `--by` that lacks it (a group
   mixing methods would average different methods);
 - `concept.methods` and `concept.save_edited` never define a group (each method's result does not depend on
   which other methods ran: every method starts from the run's seed), `concept.target_images` and every
-  `transfer.<method>.*` setting do;
+  `transfer.<method>.*` setting do - the latter only for that method's results: a sweep over
+  `transfer.procrustes_probe.alpha` gives the groups `none`, ..., `procrustes_probe, alpha=1`,
+  `procrustes_probe, alpha=3`, ... (a method's own setting is labelled `key=value`, another method's is left out
+  of the label; one that splits none of its method's groups, e.g. `target_images` following
+  `concept.target_images`, is not grouped by), and `--where transfer.<method>.<key>=V` selects among that method's
+  results and keeps the other methods';
+- the same experiment counted more than once - the same seed, method, own method settings and run-level settings,
+  from runs that differ only in other methods' settings (every run of such a sweep repeats `none`) - is counted
+  once, the first by folder order, with a note saying how many and why; repeats whose numbers differ (a seed's
+  result should not) are all kept, with a note;
+- an explicit `--by` that leaves a setting differing inside a group (`--by transfer.method` over that sweep) gets a
+  note naming the setting, the group and the values its cells average over;
 - a run still running (no results/transfer.json yet) is *pending*: left out with a note, even when some of its
   methods have finished (results/methods/<name>.json). Only results/transfer.json says which methods, with which
   settings, the run ended with: a method file may be left from an earlier invocation of a resumed run;
@@ -93,6 +106,9 @@ class RunResults:
     finished_methods: list[str] = field(default_factory=list)  # a pending transfer run: its results/methods/*.json
     # a transfer run's entry: methods its config.yaml lists that its results/transfer.json lacks (being resumed)
     missing_methods: list[str] = field(default_factory=list)
+    # a transfer method's entry: the run's whole flattened config.yaml (`settings` holds only its own method's
+    # transfer.<name>.* keys), to say which other methods' settings repeated entries differ in
+    run_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_folder(self) -> Path:
@@ -104,11 +120,30 @@ class RunResults:
         """A transfer method's entry: the method's name."""
         return self.settings.get(METHOD) if self.run is not None else None
 
+    def has_setting(self, key: str) -> bool:
+        """Whether `key` is a setting of this entry at all: a transfer method's entry has the run-level settings and
+        its own method's `transfer.<name>.*`, never another method's (for it they are not 'unset', just not its)."""
+        owner = method_of_key(key)
+        return owner is None or self.method is None or owner == self.method
+
     @property
     def expected_last(self) -> Optional[int]:
         """The last cycle the run was configured to reach (`cycle.max_cycles`), if its config says."""
         value = self.settings.get("cycle.max_cycles")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def method_of_key(key: str) -> Optional[str]:
+    """The transfer method a setting belongs to: `transfer.<name>.<key>` -> name (`transfer.method` is none's)."""
+    parts = key.split(".", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "transfer" else None
+
+
+def method_settings(settings: dict[str, Any], name: str) -> dict[str, Any]:
+    """A transfer method's entry's settings: the run's without the other methods' `transfer.<other>.*` (which
+    do not change its result), plus `transfer.method: <name>`."""
+    own = {k: v for k, v in settings.items() if method_of_key(k) in (None, name)}
+    return {**own, METHOD: name}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -197,10 +232,12 @@ def _method_metrics(name: str, result: Any) -> tuple[dict[str, Optional[float]],
     # any other number among the measures (a measure added later); the confusion matrix and its labels are lists
     flat |= {f"concept/{k}": v for k, v in measures.items() if k not in MEASURES and _number(v) and v is not None}
     flat |= {f"budget/{k}": int(v) if isinstance(v, bool) else v for k, v in budget.items()}
-    # what a method reports about itself (e.g. diagnostics/procrustes_residual), when it is a number
-    diagnostics = result.get("diagnostics")
-    if isinstance(diagnostics, dict):
-        flat |= {f"diagnostics/{k}": v for k, v in diagnostics.items() if _number(v) and v is not None}
+    # what a method reports about itself (e.g. diagnostics/procrustes_residual), and its measures on the validation
+    # split (validation/transfer, ...: what to choose a setting by), when they are numbers
+    for family in ("diagnostics", "validation"):
+        numbers_of = result.get(family)
+        if isinstance(numbers_of, dict):
+            flat |= {f"{family}/{k}": v for k, v in numbers_of.items() if _number(v) and v is not None}
     return flat, None
 
 
@@ -224,8 +261,9 @@ def read_transfer_run(folder: Path, settings: Optional[dict[str, Any]] = None) -
         flat, problem = _method_metrics(name, result)
         if problem:
             break
-        entries.append(RunResults(folder=folder / METHOD_FILES / str(name), settings={**settings, METHOD: name},
-                                  by_cycle={0: flat}, kind=TRANSFER, run=folder, missing_methods=missing))
+        entries.append(RunResults(folder=folder / METHOD_FILES / str(name), settings=method_settings(settings, name),
+                                  by_cycle={0: flat}, kind=TRANSFER, run=folder, missing_methods=missing,
+                                  run_settings=settings))
     if problem:
         raise ArtifactError(f"{path} is damaged ({problem}); {transfer_remedy(folder)}")
     return entries
@@ -298,7 +336,16 @@ def where(runs: list[RunResults], conditions: list[str]) -> list[RunResults]:
             wanted.add(setting_label({key: yaml.safe_load(value)}, key))
         except yaml.YAMLError:
             pass
-        kept = [r for r in kept if setting_label(r.settings, key) in wanted]
+        # a transfer method's own setting (transfer.<name>.*) selects among that method's results and leaves the
+        # other methods' alone (it is not their setting), so a sweep's other methods stay to compare with
+        selected = [r for r in kept if not r.has_setting(key) or setting_label(r.settings, key) in wanted]
+        owner = method_of_key(key)
+        own = [r for r in kept if owner is not None and r.method == owner]
+        if own and not any(r.method == owner for r in selected):
+            values = list(dict.fromkeys(setting_label(r.settings, key) for r in own))
+            raise ConfigError(f"--where {condition}: no result of {owner} has it; {key} is "
+                              f"{', '.join(values)} in these runs")
+        kept = selected
     if conditions and not kept:
         raise ConfigError(f"--where {' '.join(conditions)}: no run matches; the settings that differ between these "
                           f"runs are {', '.join(varying_settings(runs)) or 'none (only the seed)'}")
@@ -306,8 +353,11 @@ def where(runs: list[RunResults], conditions: list[str]) -> list[RunResults]:
 
 
 def varying_settings(runs: list[RunResults]) -> list[str]:
+    """The settings that differ between `runs` (never NOT_A_GROUP); a transfer method's own setting differs when
+    it differs between that method's results."""
     keys = sorted(set().union(*(r.settings for r in runs)))
-    return [k for k in keys if not k.startswith(NOT_A_GROUP) and len({setting_label(r.settings, k) for r in runs}) > 1]
+    return [k for k in keys if not k.startswith(NOT_A_GROUP)
+            and len({setting_label(r.settings, k) for r in runs if r.has_setting(k)}) > 1]
 
 
 def setting_label(settings: dict[str, Any], key: str) -> str:
@@ -359,8 +409,9 @@ def _check_keys(runs: list[RunResults], group_by: list[str]) -> list[str]:
     known = sorted(set().union(*(r.settings for r in runs)))
     notes = []
     for key in group_by:
-        lacking = [r.folder for r in runs if key not in r.settings]
-        if len(lacking) == len(runs):
+        applicable = [r for r in runs if r.has_setting(key)]  # a transfer method's setting: that method's results
+        lacking = [r.folder for r in applicable if key not in r.settings]
+        if not any(key in r.settings for r in runs):
             below = [k for k in known if k.startswith(f"{key}.")]
             close = difflib.get_close_matches(key, known, n=4, cutoff=0.5)
             varying = varying_settings(runs)
@@ -372,7 +423,7 @@ def _check_keys(runs: list[RunResults], group_by: list[str]) -> list[str]:
                    else "only the seed differs between these runs")
             )
         if lacking:
-            notes.append(f"{key} is not a setting of {len(lacking)} of {count_runs(len(runs))} ({name_list(lacking)}); "
+            notes.append(f"{key} is not a setting of {len(lacking)} of {count_runs(len(applicable))} ({name_list(lacking)}); "
                          f"their group says '{UNSET}'")
     return notes
 
@@ -472,9 +523,16 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
         notes.append(_pending_note(pending, kind))
     if kind == TRANSFER and (missing := _missing_methods_note(runs)):
         notes.append(missing)
-    group_by = list(dict.fromkeys(group_by)) if group_by is not None else varying_settings(runs)
+    if kind == TRANSFER:
+        runs, repeat_notes = _collapse_repeats(runs)
+        notes += repeat_notes
+    explicit = group_by is not None
+    group_by = list(dict.fromkeys(group_by)) if explicit else varying_settings(runs)
+    if kind == TRANSFER and not explicit:
+        group_by = _transfer_group_by(runs, group_by)
     if kind == TRANSFER and METHOD not in group_by and len({r.method for r in runs}) > 1:
-        group_by.append(METHOD)
+        # before the methods' own settings, which read as the method's (`procrustes_probe, alpha=3.0`)
+        group_by.insert(next((i for i, k in enumerate(group_by) if method_of_key(k)), len(group_by)), METHOD)
         notes.append(f"grouped by {METHOD} as well: a group of several methods would average different methods "
                      f"(--where {METHOD}=NAME compares one method)")
     notes += _check_keys(runs, group_by)
@@ -488,15 +546,24 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
     if no_start:
         notes.append(f"{count_runs(len(no_start), 'has')} no cycle 0 results, so no Δ since cycle 0: {name_list(no_start)}")
 
-    by_label: dict[tuple[str, ...], list[RunResults]] = {}
+    by_label: dict[tuple[Optional[str], ...], list[RunResults]] = {}
     for run in runs:
-        by_label.setdefault(tuple(setting_label(run.settings, k) for k in group_by), []).append(run)
+        by_label.setdefault(group_labels(run, group_by), []).append(run)
+    ordered = list(by_label.items())
+    if kind == TRANSFER:  # the groups of one method's settings side by side (else: in order of first appearance)
+        shared = [i for i, key in enumerate(group_by) if method_of_key(key) is None]
+        first = {}
+        for labels, _ in ordered:
+            first.setdefault(tuple(labels[i] for i in shared), len(first))
+        ordered.sort(key=lambda item: first[tuple(item[0][i] for i in shared)])
     groups: dict[str, list[RunResults]] = {}
-    for labels, members in by_label.items():
-        name = ", ".join(labels) or "all runs"
+    for labels, members in ordered:
+        name = ", ".join(label for label in labels if label is not None) or "all runs"
         while name in groups:  # two different values that print alike (e.g. 1 and "1")
             name += "'"
         groups[name] = members
+    if kind == TRANSFER:
+        notes += _mixing_notes(groups, group_by)
 
     metrics = list(dict.fromkeys(m for run in runs for flat in run.by_cycle.values() for m in flat))
     rows = []
@@ -512,6 +579,127 @@ def compare(runs: list[RunResults], group_by: Optional[list[str]] = None, cycle:
             row.end[name] = _mean_std([a for _, a in both])[0]
         rows.append(row)
     return Comparison(group_by, groups, cycle, rows, notes, chosen, kind)
+
+
+def group_labels(run: RunResults, group_by: list[str]) -> tuple[Optional[str], ...]:
+    """A run's labels for the grouping keys, as its group's name joins them: each value as `setting_label` prints
+    it; for a transfer method's entry, its own method's settings as `key=value` (`alpha=3.0`) and None (left out
+    of the name) for another method's."""
+    labels: list[Optional[str]] = []
+    for key in group_by:
+        if not run.has_setting(key):
+            labels.append(None)
+        elif run.method is not None and method_of_key(key) is not None:
+            labels.append(f"{key.split('.', 2)[2]}={setting_label(run.settings, key)}")
+        else:
+            labels.append(setting_label(run.settings, key))
+    return tuple(labels)
+
+
+def _transfer_group_by(runs: list[RunResults], varying: list[str]) -> list[str]:
+    """The default grouping keys of transfer entries: the run-level settings that differ, then transfer.method,
+    then each method's own settings that differ between its results - left out when they split none of the
+    groups the keys before them make (e.g. transfer.<name>.target_images, which follows concept.target_images)."""
+    head = [k for k in varying if method_of_key(k) is None and k != METHOD] + ([METHOD] if METHOD in varying else [])
+    for key in (k for k in varying if method_of_key(k) is not None):
+        if _splits([r for r in runs if r.method == method_of_key(key)], head, key):
+            head.append(key)
+    return head
+
+
+def _splits(runs: list[RunResults], keys: list[str], key: str) -> bool:
+    """Whether `key` differs between runs that have the same labels for `keys` (else it follows them)."""
+    split: dict[tuple, set] = {}
+    for run in runs:
+        if run.has_setting(key):
+            split.setdefault(group_labels(run, keys), set()).add(setting_label(run.settings, key))
+    return any(len(values) > 1 for values in split.values())
+
+
+def _identity(run: RunResults) -> tuple:
+    """What makes a transfer entry the experiment it is: its seed, method and every group-defining setting (its
+    own method's and the run-level ones; never the other methods', concept.methods or where it was written)."""
+    return tuple(sorted((k, setting_label(run.settings, k)) for k in run.settings
+                        if k == "seed" or not k.startswith(NOT_A_GROUP)))
+
+
+def _same_numbers(a: RunResults, b: RunResults) -> bool:
+    """The same metrics with the same values (NaN equal to NaN)."""
+    if a.by_cycle.keys() != b.by_cycle.keys():
+        return False
+    for cycle, metrics in a.by_cycle.items():
+        other = b.by_cycle[cycle]
+        if metrics.keys() != other.keys():
+            return False
+        for key, value in metrics.items():
+            if not (value == other[key] or (isinstance(value, float) and isinstance(other[key], float)
+                                            and math.isnan(value) and math.isnan(other[key]))):
+                return False
+    return True
+
+
+def _collapse_repeats(runs: list[RunResults]) -> tuple[list[RunResults], list[str]]:
+    """Transfer entries that are one experiment counted several times - the same seed, method and settings (see
+    `_identity`) in runs that differ only in another method's settings, e.g. `none` in every run of a sweep over
+    procrustes_probe's alpha - counted once: the first by folder order is kept. Only when their numbers are the
+    same (a seed's result is deterministic); repeats with other numbers are all kept, and said."""
+    by_identity: dict[tuple, list[RunResults]] = {}
+    for run in runs:
+        by_identity.setdefault(_identity(run), []).append(run)
+    dropped, differing, differ_keys = set(), [], {}
+    for members in by_identity.values():
+        if len(members) < 2:
+            continue
+        kept: list[RunResults] = []
+        for run in members:
+            if any(_same_numbers(run, first) for first in kept):
+                dropped.add(id(run))
+            else:
+                kept.append(run)
+        if len(kept) > 1:
+            differing.append(kept)
+        if len(kept) < len(members):  # the settings of the whole runs that differ: other methods' settings
+            keys = set().union(*(r.run_settings for r in members))
+            differ_keys |= dict.fromkeys(k for k in sorted(keys) if not k.startswith(NOT_A_GROUP)
+                                         and len({setting_label(r.run_settings, k) for r in members}) > 1)
+    notes = []
+    if dropped:
+        left_out = [r.folder for r in runs if id(r) in dropped]
+        what = (f"other methods' settings ({name_list(differ_keys)})" if differ_keys
+                else "their folders (the same settings: a run repeated)")
+        notes.append(f"{len(left_out)} result{'s' if len(left_out) > 1 else ''} counted once: the same method, "
+                     f"settings and seed with the same numbers as a result already counted (the first by folder "
+                     f"order), from runs that differ only in {what}; left out: {name_list(left_out)}")
+    if differing:
+        each = [f"{kept[0].method} with seed {kept[0].settings.get('seed')} in {name_list(r.run_folder for r in kept)}"
+                for kept in differing]
+        notes.append(f"results of the same method, settings and seed differ between runs, so each is counted (a "
+                     f"seed should give the same numbers: check how the runs were made): {'; '.join(each[:SHOWN])}"
+                     + (f"; and {len(each) - SHOWN} more" if len(each) > SHOWN else ""))
+    return [r for r in runs if id(r) not in dropped], notes
+
+
+def _mixing_notes(groups: dict[str, list[RunResults]], group_by: list[str]) -> list[str]:
+    """Transfer groups whose results differ in a setting that is not grouped by (an explicit --by without it, e.g.
+    `--by transfer.method` over a sweep of procrustes_probe's alpha): their cells average over its values."""
+    runs = [r for members in groups.values() for r in members]
+    notes, noted = [], []
+    for key in sorted(set().union(*(r.settings for r in runs)) - set(group_by)):
+        if key.startswith(NOT_A_GROUP) or key == METHOD:
+            continue
+        mixed = {name: list(dict.fromkeys(setting_label(r.settings, key) for r in members if r.has_setting(key)))
+                 for name, members in groups.items()}
+        mixed = {name: values for name, values in mixed.items() if len(values) > 1}
+        # a setting that follows one already said (old runs lacking a method's YAML lack all its settings) is not
+        if not mixed or (noted and not any(_splits(groups[name], noted, key) for name in mixed)):
+            continue
+        noted.append(key)
+        values = list(dict.fromkeys(v for vs in mixed.values() for v in vs))
+        which = (f"group {next(iter(mixed))!r} mixes" if len(mixed) == 1
+                 else f"groups {name_list(map(repr, mixed))} mix")
+        notes.append(f"{which} {key} = {', '.join(values)}: {'its' if len(mixed) == 1 else 'their'} cells average "
+                     f"over those values; --by {' '.join(group_by + [key])} keeps them apart")
+    return notes
 
 
 def _finite(value: Optional[float]) -> bool:
@@ -564,7 +752,9 @@ def _transfer_legend(comparison: Comparison) -> list[str]:
         "when n = 1, (n=k) when only k of them define it",
         "concept/* on the test split: transfer = target images called the target (higher is better), preservation "
         "= accuracy on A's classes (higher), preservation_change = its change from A (higher), specificity = "
-        "distractor images called the target (lower); budget/*: what the method used (target_labels: 1 = yes)",
+        "distractor images called the target (lower); budget/*: what the method used (target_labels: 1 = yes)"
+        + ("; validation/*: the same measures on the validation split (choose a method's settings by these)"
+           if any(row.metric.startswith("validation/") for row in comparison.rows) else ""),
         *(f"note: {note}" for note in comparison.notes),
     ]
 

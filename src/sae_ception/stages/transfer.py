@@ -13,14 +13,15 @@ from pathlib import Path
 
 import torch
 
-from sae_ception.errors import ConfigError
+from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.models import Classifier, load_model, save_model
 from sae_ception.run import RunContext
 from sae_ception.transfer.base import TRANSFER_METHODS, TransferMethod
 from sae_ception.transfer.config import TransferConfig
 from sae_ception.transfer.context import TransferContext
 from sae_ception.transfer.data import TransferData
-from sae_ception.transfer.measures import accuracy_on, parameters_changed, transfer_measures
+from sae_ception.transfer.measures import (BUDGET_ITEMS, MEASURES, accuracy_on, parameters_changed,
+                                           transfer_measures)
 from sae_ception.transfer.report import format_transfer_table
 from sae_ception.transfer.training import new_classifier, train_on_classes
 from sae_ception.utils.io import checkpoint_exists, read_json, write_json
@@ -97,16 +98,64 @@ def source_model(ctx: RunContext, which: str) -> Classifier:
 
 
 # --- measuring ------------------------------------------------------------------------------------------------
-def predictions(ctx: RunContext, model: Classifier) -> torch.Tensor:
-    """Predicted class of every test image (N,)."""
-    logits = model.logits_of(ctx.splits.test.x, ctx.cfg.eval_batch_size, ctx.accelerator.device)
+SPLITS = ("test", "val")  # the measures ("measures": test images) and their validation twin ("validation")
+
+
+def predictions(ctx: RunContext, model: Classifier, split: str = "test") -> torch.Tensor:
+    """Predicted class (argmax over every output) of every image of `split` (N,)."""
+    logits = model.logits_of(getattr(ctx.splits, split).x, ctx.cfg.eval_batch_size, ctx.accelerator.device)
     return logits.argmax(1)
 
 
-def measure(ctx: RunContext, model: Classifier) -> dict:
+def measure(ctx: RunContext, model: Classifier, split: str = "test") -> dict:
+    """transfer / preservation / specificity / confusion of `model` on `split` (transfer/measures.py)."""
     concept = ctx.cfg.concept
-    return transfer_measures(predictions(ctx, model), ctx.splits.test.y, list(concept.classes_a), concept.target,
-                             concept.distractor, concept.shown_classes)
+    return transfer_measures(predictions(ctx, model, split), getattr(ctx.splits, split).y, list(concept.classes_a),
+                             concept.target, concept.distractor, concept.shown_classes)
+
+
+def measure_both(ctx: RunContext, model: Classifier, base: dict | None = None) -> tuple[dict, dict]:
+    """(test measures, validation measures); with `base` (A's, same layout), each gets preservation_change.
+    The validation measures are what a choice between settings (e.g. procrustes_probe's alpha) may look at;
+    the test measures are reported. Validation measures are {} when the run has no validation split."""
+    both = []
+    for split, reference in zip(SPLITS, (base or {}).get("splits", (None, None))):
+        measured = measure(ctx, model, split) if len(getattr(ctx.splits, split).y) else {}
+        if measured and reference:
+            measured["preservation_change"] = measured["preservation"] - reference["preservation"]
+        both.append(measured)
+    return both[0], both[1]
+
+
+def source_measures(ctx: RunContext, model: Classifier, classes: list[int]) -> dict:
+    """A or B measured like an edited model, on the test and validation splits, plus its accuracy on its own
+    classes (`own_accuracy`): {"test": {...}, "val": {...}, "splits": (test, val)}."""
+    out = {}
+    for split in SPLITS:
+        data = getattr(ctx.splits, split)
+        if not len(data.y):
+            out[split] = {}
+            continue
+        out[split] = measure(ctx, model, split)
+        out[split]["own_accuracy"] = accuracy_on(predictions(ctx, model, split), data.y, list(classes))
+    out["splits"] = (out["test"], out["val"])
+    return out
+
+
+WEAK = 0.5  # a model below this on its own classes, or a B recognising less of its target, is flagged
+
+
+def weak_models(concept, base: dict, source: dict) -> list[str]:
+    """Warnings (test split) when A or B learned too little for a transfer to mean anything."""
+    warnings = []
+    for name, measured, classes in (("A", base["test"], concept.classes_a), ("B", source["test"], concept.classes_b)):
+        if measured["own_accuracy"] < WEAK:
+            warnings.append(f"model {name} reaches only {measured['own_accuracy']:.3f} accuracy on its classes "
+                            f"{list(classes)}: train it longer or check model_{name.lower()}.* before reading the table")
+    if source["test"]["transfer"] < WEAK:
+        warnings.append(f"model B recognises only {source['test']['transfer']:.3f} of class {concept.target}'s test "
+                        "images: it has little to transfer; train it longer (model_b.epochs) or check model_b.*")
+    return warnings
 
 
 def _state_digest(model: Classifier) -> str:
@@ -143,21 +192,51 @@ def run_method(ctx: RunContext, method: TransferMethod, model_a: Classifier, mod
     edited = edited.cpu().eval()
     budget = tctx.budget
     budget.parameters_changed = parameters_changed(model_a, edited)
-    measures = measure(ctx, edited)
-    measures["preservation_change"] = measures["preservation"] - base["preservation"]
+    measures, validation = measure_both(ctx, edited, base)
     if ctx.cfg.concept.save_edited:
         save_model(edited, ctx.layout.edited_model(method.name), extra={"stage": f"transfer/{method.name}"})
-    return {"method": method.name, "type": method.cfg.type, "settings": asdict(method.cfg), "measures": measures,
-            "budget": budget.as_dict(), "diagnostics": tctx.diagnostics}
+    return {"method": method.name, "type": method.cfg.type, "settings": asdict(method.cfg),
+            "models": {"a": before[0], "b": before[1]}, "measures": measures, "validation": validation,
+            "budget": budget.as_dict(), "target_image_indices": tctx.target_indices, "diagnostics": tctx.diagnostics}
 
 
-def _saved_result(ctx: RunContext, method: TransferMethod) -> dict | None:
+RESULT_KEYS = {"measures": MEASURES, "budget": BUDGET_ITEMS}
+
+
+def _damage(saved) -> str | None:
+    """What is wrong with a method's saved result (None: nothing)."""
+    if not isinstance(saved, dict):
+        return "not a JSON object"
+    for key in ("settings", "models", "measures", "validation", "budget", "diagnostics"):
+        if not isinstance(saved.get(key), dict):
+            return f"no {key!r} object"
+    for key, names in RESULT_KEYS.items():
+        missing = [name for name in names if name not in saved[key]]
+        if missing:
+            return f"{key} lacks {', '.join(missing)}"
+    return None
+
+
+def _saved_result(ctx: RunContext, method: TransferMethod, digests: dict) -> dict | None:
+    """A method's result from an earlier invocation, when its settings and models A and B (their weights'
+    digests) are today's, and its edited model is there if the run keeps them; None to (re)compute it. A damaged
+    file is one ArtifactError line."""
     path = ctx.layout.method_result(method.name)
     if not path.is_file():
         return None
-    saved = read_json(path)
-    if saved.get("settings") != asdict(method.cfg):
+    remedy = "delete it so the method runs again"
+    saved = read_json(path, remedy)
+    damage = _damage(saved)
+    if damage is not None:
+        raise ArtifactError(f"{path} is damaged ({damage}); {remedy}")
+    if saved["settings"] != asdict(method.cfg):
         log.info("transfer/%s: its settings changed since %s was written; recomputing", method.name, path)
+        return None
+    if saved.get("models") != digests:
+        log.info("transfer/%s: %s was made with other weights of model A or B; recomputing", method.name, path)
+        return None
+    if ctx.cfg.concept.save_edited and not checkpoint_exists(ctx.layout.edited_model(method.name)):
+        log.info("transfer/%s: %s is missing; recomputing", method.name, ctx.layout.edited_model(method.name))
         return None
     log.info("transfer/%s: found %s, skipping (resume)", method.name, path)
     return saved
@@ -170,13 +249,13 @@ def run_transfer(ctx: RunContext) -> dict:
         model_a = source_model(ctx, "a")
     with ctx.timed("model_b", 0):
         model_b = source_model(ctx, "b")
-    base, source = measure(ctx, model_a), measure(ctx, model_b)
-    labels = ctx.splits.test.y
-    base["own_accuracy"] = accuracy_on(predictions(ctx, model_a), labels, list(cfg.concept.classes_a))
-    source["own_accuracy"] = accuracy_on(predictions(ctx, model_b), labels, list(cfg.concept.classes_b))
-    results = {}
+    base, source = source_measures(ctx, model_a, cfg.concept.classes_a), source_measures(ctx, model_b, cfg.concept.classes_b)
+    warnings = weak_models(cfg.concept, base, source)
+    for warning in warnings:
+        log.warning("%s", warning)
+    results, digests = {}, {"a": _state_digest(model_a), "b": _state_digest(model_b)}
     for method in _methods(cfg):
-        result = _saved_result(ctx, method)
+        result = _saved_result(ctx, method, digests)
         if result is None:
             result = run_method(ctx, method, model_a, model_b, base)
             write_json(ctx.layout.method_result(method.name), result)
@@ -185,9 +264,10 @@ def run_transfer(ctx: RunContext) -> dict:
                  result["measures"]["transfer"], result["measures"]["preservation"], result["measures"]["specificity"])
     summary = {
         "concept": asdict(cfg.concept),
-        "models": {"a": {"classes": list(cfg.concept.classes_a), **base},
-                   "b": {"classes": list(cfg.concept.classes_b), **source}},
+        "models": {"a": {"classes": list(cfg.concept.classes_a), **base["test"], "validation": base["val"]},
+                   "b": {"classes": list(cfg.concept.classes_b), **source["test"], "validation": source["val"]}},
         "methods": results,
+        "warnings": warnings,
     }
     write_json(ctx.layout.transfer_results(), summary)
     write_json(ctx.layout.root / "results" / "timings.json", ctx.timings)  # seconds per stage, this invocation

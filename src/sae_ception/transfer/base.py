@@ -36,7 +36,11 @@ class TransferMethod:
         `target_images` setting (k) needs k training images of the target class."""
         k = getattr(self.cfg, "target_images", None)
         if k is not None:
-            data.require_target_images(self.setting("target_images"), k)
+            own = self.setting("target_images")
+            if k == data.concept.target_images:  # the shared default (configs/transfer/*.yaml interpolate it)
+                data.require_target_images("concept.target_images", k, f" (as {own})")
+            else:
+                data.require_target_images(own, k)
 
     def apply(self, ctx: "TransferContext") -> "Classifier":
         """An edited copy of model A (`ctx.copy_of_a()`), taught `ctx.concept.target`."""

@@ -24,10 +24,6 @@ from sae_ception.registry import Registry
 
 TRANSFER_METHODS: Registry = Registry("transfer method", "transfer.<name>.type")
 
-DEFAULT_METHODS = ["none", "joint", "copy_head", "procrustes_probe", "activation_transplant", "cascade",
-                   "finetune_head", "finetune_replay"]
-
-
 @dataclass
 class TransferMethodConfig:
     """Settings every transfer method has; a method's own class extends it (one YAML per method)."""
@@ -47,7 +43,7 @@ class ConceptConfig:
     classes_b: List[int] = field(default_factory=lambda: [2, 3, 4, 5])  # model B's training classes
     target: int = 4  # the class taught to A: in classes_b, not in classes_a
     distractor: int = 5  # specificity: the fraction of its test images the edited A calls `target` (lower is better)
-    methods: List[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # keys of `transfer`, in order
+    methods: List[str] = field(default_factory=lambda: ["none"])  # keys of `transfer`, in order (YAML: all of them)
     target_images: int = 100  # k: labelled target-class training images a method may use (methods' default)
     save_edited: bool = True  # keep each edited copy of A as checkpoints/edited_<method>
 
@@ -58,8 +54,8 @@ class ConceptConfig:
 
     @property
     def shown_classes(self) -> list[int]:
-        """The classes of the confusion matrix: every class either model learned."""
-        return sorted(set(self.classes_a) | set(self.classes_b))
+        """The classes of the confusion matrix: every class either model learned, and the distractor."""
+        return sorted(set(self.classes_a) | set(self.classes_b) | {self.distractor})
 
     def __post_init__(self) -> None:
         for setting in ("classes_a", "classes_b"):
@@ -83,7 +79,7 @@ class ConceptConfig:
             raise ConfigError(f"concept.distractor={self.distractor} must be a class other than concept.target="
                               f"{self.target} (the class whose images must not become the target, e.g. 5)")
         if not self.methods:
-            raise ConfigError(f"concept.methods is empty; give one or more of {', '.join(DEFAULT_METHODS)}")
+            raise ConfigError(f"concept.methods is empty; give one or more of {', '.join(TRANSFER_METHODS.names())}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"concept.methods={list(self.methods)} repeats a method; give each once")
         if self.target_images < 1:
@@ -119,13 +115,19 @@ class TransferConfig(CommonSettings):
         if max(every) >= classes:
             raise ConfigError(f"concept: class {max(every)} is outside dataset.num_classes={classes} "
                               f"(labels 0..{classes - 1})")
-        if self.model_a.name != self.model_b.name:
-            raise ConfigError(f"model_a.name={self.model_a.name} and model_b.name={self.model_b.name}: both models "
-                              "must read the same inputs; use one model family for both")
+        for group in ("model_a", "model_b"):
+            if getattr(self, group).name != "mlp":
+                raise ConfigError(f"{group}.name={getattr(self, group).name}: concept transfer compares image "
+                                  f"classifiers read weight by weight; use an MLP preset (model@{group}=mlp_mega, "
+                                  "mlp_wide, mlp_deep, mlp_superwide, mlp_verydeep or mlp)")
         for name in concept.methods:
-            if name not in self.transfer:
-                raise ConfigError(f"concept.methods: {name!r} is not a configured transfer method"
-                                  f"{closest(name, list(self.transfer))} (valid: {', '.join(self.transfer)})")
+            if name in self.transfer:
+                continue
+            if name in TRANSFER_METHODS:
+                raise ConfigError(f"concept.methods: {name!r} is a transfer method whose settings are not loaded; add "
+                                  f"it to the `transfer:` list of configs/transfer_concept.yaml (or give +transfer={name})")
+            raise ConfigError(f"concept.methods: {name!r} is not a configured transfer method"
+                              f"{closest(name, list(self.transfer))} (valid: {', '.join(self.transfer)})")
         for name, method in self.methods():
             method.validate_for(name, self)
 
@@ -147,7 +149,10 @@ def parse_transfer_config(cfg: DictConfig) -> TransferConfig:
     models = {group: _model_section(group, container.pop(group, None)) for group in ("model_a", "model_b")}
     methods = {}
     for name, values in (container.pop("transfer", None) or {}).items():
-        methods[name] = registered_section(f"transfer.{name}", TRANSFER_METHODS, "type", values)
+        try:
+            methods[name] = registered_section(f"transfer.{name}", TRANSFER_METHODS, "type", values)
+        except ConfigError as ex:  # the registry names its setting `transfer.<name>.type`
+            raise ConfigError(str(ex).replace("transfer.<name>.", f"transfer.{name}.")) from None
     sections = {group: typed_section(group, schema, container.pop(group, None) or {})
                 for group, schema in (("concept", ConceptConfig), ("wandb", WandbConfig), ("paths", PathsConfig))}
     settings = typed_section("", CommonSettings, container)

@@ -1,8 +1,10 @@
 """What a transfer method may use, and the record of what it used.
 
-A method gets its images only through `target_images` and `class_images`, which count distinct images (and
-whether target labels were used) into the method's `Budget`; optimisers report their steps with `add_steps`.
-A and B are handed out frozen; a method edits `copy_of_a()`."""
+A method gets its images through `target_images`, `class_images`, `training_split` and `validation_split`,
+which count distinct images (and whether target labels were used) into the method's `Budget`; optimisers
+report their steps with `add_steps`. A and B are handed out frozen; a method edits `copy_of_a()`. The run's
+splits are held privately, but Python cannot forbid a method's code to reach them through `run` (which it gets
+for the training helpers): the budgets of the shipped methods are checked exactly by tests/transfer/."""
 
 from __future__ import annotations
 
@@ -33,18 +35,19 @@ class TransferContext:
         self.settings = settings
         self.model_a = model_a
         self.model_b = model_b
-        self.data = data
+        self._data = data  # the images, through the counting methods below only
         self.generator = generator
         self.budget = Budget()
         self.diagnostics: dict[str, float] = {}  # what a method reports about itself (e.g. an alignment residual)
         self._seen: dict[bool, set[int]] = {True: set(), False: set()}  # is target -> train indices seen
+        self._seen_val: set[int] = set()  # validation indices read
         # which images a method gets: a fixed order of each class's training images, the same for every method of
         # the run (k target images are the same k whichever method asks, and the first k of any larger request)
         self.sample_seed = int(generator.initial_seed() if sample_seed is None else sample_seed)
 
     @property
     def concept(self) -> ConceptConfig:
-        return self.data.concept
+        return self._data.concept
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +71,7 @@ class TransferContext:
 
     def _class_order(self, cls: int) -> torch.Tensor:
         """Class `cls`'s training-image positions in the run's fixed random order (independent of the method)."""
-        pool = self.data.indices("train", cls)
+        pool = self._data.indices("train", cls)
         order = torch.Generator().manual_seed(self.sample_seed * 1009 + cls)
         return pool[torch.randperm(len(pool), generator=order)]
 
@@ -77,11 +80,11 @@ class TransferContext:
         random order of them, so every method asking for k gets the same k. Choosing them by class uses their
         labels, so the budget records labels as used. ConfigError when the split has fewer than k (the
         preflight of a method with `target_images` checks this first)."""
-        self.data.require_target_images(self.setting(setting), k)
+        self._data.require_target_images(self.setting(setting), k)
         chosen = self._class_order(self.concept.target)[:k].sort().values
         self._see(chosen, target=True)
         self.budget.target_labels = True
-        return self.data.splits.train.x[chosen]
+        return self._data.splits.train.x[chosen]
 
     def class_images(self, classes: list[int], per_class: Optional[int] = None) -> Split:
         """Training images of `classes` (never the target class): all of them, or the first `per_class` of each
@@ -90,12 +93,26 @@ class TransferContext:
             raise ValueError("class_images serves the classes a method may use freely; ask target_images for the target")
         chosen = []
         for cls in classes:
-            pool = self.data.indices("train", cls) if per_class is None else self._class_order(cls)[:per_class]
+            pool = self._data.indices("train", cls) if per_class is None else self._class_order(cls)[:per_class]
             chosen.append(pool)
         indices = torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.long)
         self._see(indices, target=False)
-        train = self.data.splits.train
+        train = self._data.splits.train
         return Split(train.x[indices], train.y[indices])
+
+    def validation_split(self, classes: list[int]) -> Split:
+        """Every validation image of `classes` with its label, to choose between candidates (e.g. the kept
+        epoch); counted as validation images (labelled, whatever their class)."""
+        val = self._data.splits.val
+        indices = torch.nonzero(torch.isin(val.y, torch.tensor(list(classes)))).flatten()
+        self._seen_val.update(int(i) for i in indices)
+        self.budget.validation_images = len(self._seen_val)
+        return Split(val.x[indices], val.y[indices])
+
+    @property
+    def target_indices(self) -> list[int]:
+        """Positions (in the training split) of the target images the method saw, ascending: which k they were."""
+        return sorted(self._seen[True])
 
     def report(self, key: str, value: float) -> None:
         """Record a number about how the method went (results/methods/<name>.json `diagnostics`), e.g. the
@@ -116,12 +133,12 @@ class TransferContext:
     def training_split(self, classes: list[int]) -> Split:
         """Every training image of `classes` with its label; when the target class is among them, all of its
         images count as seen with their labels (e.g. the joint model, trained on A's classes and the target)."""
-        labels = self.data.splits.train.y
+        labels = self._data.splits.train.y
         indices = torch.nonzero(torch.isin(labels, torch.tensor(list(classes)))).flatten()
         is_target = labels[indices] == self.concept.target
         self._see(indices[is_target], target=True)
         self._see(indices[~is_target], target=False)
         if bool(is_target.any()):
             self.budget.target_labels = True
-        train = self.data.splits.train
+        train = self._data.splits.train
         return Split(train.x[indices], train.y[indices])

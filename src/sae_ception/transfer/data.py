@@ -34,10 +34,11 @@ class TransferData:
     def subset(self, split: str, classes: list[int]) -> Split:
         return restrict(getattr(self.splits, split), classes)
 
-    def require_target_images(self, setting: str, k: int) -> None:
-        """ConfigError, one line naming `setting`, when the training split has fewer than k images of the target
-        class (the preflight of every method with `target_images`, and TransferContext.target_images)."""
+    def require_target_images(self, setting: str, k: int, given_as: str = "") -> None:
+        """ConfigError, one line naming `setting` (and `given_as`, e.g. " (as transfer.x.target_images)"), when the
+        training split has fewer than k images of the target class (the preflight of every method with
+        `target_images`, and TransferContext.target_images)."""
         available = self.count("train", self.concept.target)
         if k > available:
-            raise ConfigError(f"{setting}={k} is more than the {available} training images of class "
+            raise ConfigError(f"{setting}={k}{given_as} is more than the {available} training images of class "
                               f"{self.concept.target}; give at most {available}")

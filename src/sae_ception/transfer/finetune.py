@@ -59,6 +59,22 @@ class FinetuneConfig(TransferMethodConfig):
         if self.replay_per_class is not None and self.replay_per_class < 1:
             refuse("replay_per_class", self.replay_per_class,
                    "must be a positive integer (replay images of each of A's classes), or null for all of them")
+        draws = self.steps * self.target_batch
+        if draws < self.target_images:
+            shared = cfg is not None and self.target_images == cfg.concept.target_images
+            raise ConfigError(
+                f"{'concept' if shared else f'transfer.{name}'}.target_images={self.target_images}"
+                f"{f' (as transfer.{name}.target_images)' if shared else ''} is more than the {draws} target draws of steps x target_batch = {self.steps} x "
+                f"{self.target_batch}, so some of the k images would never be trained on (yet be counted); "
+                "raise steps or target_batch, or lower target_images")
+
+
+def replay_per_class(cfg: FinetuneConfig, classes: int) -> int:
+    """Replay images drawn per class of A: `cfg.replay_per_class` (None: all), but never more than the
+    steps x replay_batch draws can reach (floor(draws / classes) each), so that every replay image the budget
+    counts is trained on (the first pass over the pool covers it)."""
+    reach = max(1, cfg.steps * cfg.replay_batch // classes)
+    return reach if cfg.replay_per_class is None else min(cfg.replay_per_class, reach)
 
 
 class _Passes:
@@ -124,7 +140,7 @@ def finetune(ctx: "TransferContext", cfg: FinetuneConfig, scope: str) -> "Classi
     target_x = ctx.target_images(cfg.target_images)
     pools = [(target_x, torch.full((len(target_x),), concept.target, dtype=torch.long), cfg.target_batch)]
     if cfg.replay_batch > 0:
-        replay = ctx.class_images(list(concept.classes_a), cfg.replay_per_class)
+        replay = ctx.class_images(list(concept.classes_a), replay_per_class(cfg, len(concept.classes_a)))
         pools.append((replay.x, replay.y, cfg.replay_batch))
     pools = [(x.to(device), y.to(device), _Passes(len(y), generator), batch) for x, y, batch in pools]
 

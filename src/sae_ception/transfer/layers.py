@@ -40,7 +40,3 @@ def hidden_activations(model: MLPClassifier, x: torch.Tensor, batch_size: int = 
 def penultimate(model: MLPClassifier, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The last hidden layer's output (N, width): the features the head reads."""
     return hidden_activations(model, x, batch_size)[-1]
-
-
-def hidden_widths(model: MLPClassifier) -> list[int]:
-    return [layer.out_features for layer in linear_layers(model)[:-1]]

@@ -4,8 +4,8 @@
 - preservation: accuracy on the test images of A's own classes (argmax over every output), and its change
   from A's (preservation_change = edited - A, in accuracy points as a fraction);
 - specificity: fraction of the distractor class's test images predicted as the target (lower is better);
-- confusion: counts, rows = true class (every class A or B learned), columns = predicted class (the same
-  classes, then `other` for any other output).
+- confusion: counts, rows = true class (every class A or B learned, and the distractor), columns = predicted
+  class (the same classes, then `other` for any other output).
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 
+MEASURES = ("transfer", "preservation", "specificity", "confusion")  # what transfer_measures returns, at least
+BUDGET_ITEMS = ("target_images", "target_labels", "other_images", "validation_images", "gradient_steps",
+                "parameters_changed")
+
+
 @dataclass
 class Budget:
     """What a method used to teach A the target class. "No retraining" is a claim this record checks."""
@@ -22,6 +27,7 @@ class Budget:
     target_images: int = 0  # distinct target-class training images it saw
     target_labels: bool = False  # whether it used their labels (choosing images by their class counts as using it)
     other_images: int = 0  # distinct images of other classes it saw (anchors, negatives, replay)
+    validation_images: int = 0  # distinct labelled validation images it read (e.g. to keep its best epoch)
     gradient_steps: int = 0  # optimiser steps it took (gradient or quasi-Newton iterations)
     parameters_changed: int = 0  # scalar parameters of the edited model that differ from A's
 

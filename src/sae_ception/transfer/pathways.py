@@ -157,23 +157,43 @@ def carry_probe(probe: Probe, alignment: Alignment, carry: str = "transpose") ->
 # --- writing B's units into A -------------------------------------------------------------------------------------
 @torch.no_grad()
 def transplant(edited_a: nn.Module, model_b: nn.Module, selected: Sequence[torch.Tensor], target: int,
-               copy_head_row: bool) -> None:
+               copy_head_row: bool, isolate: bool = False) -> None:
     """Write B's units into `edited_a` in place: for each hidden layer l and each unit u of selected[l], A's
     incoming weight row and bias of u := B's; with copy_head_row, A's output row `target` (weights and bias) :=
-    B's. Nothing else is written (the units' outgoing weights in A's next layer stay A's). Both models must
-    have the same architecture; `selected` has one index tensor (possibly empty) per hidden layer."""
+    B's. Both models must have the same architecture; `selected` has one index tensor (possibly empty) per hidden
+    layer.
+
+    Without `isolate` nothing else is written: a transplanted unit also reads A's units outside the pathway (with
+    B's weights), and A's next layer keeps reading it with A's weights. With `isolate` the pathway is cut out as
+    a circuit of its own: a transplanted unit of layer l > 0 reads only the transplanted units of layer l-1
+    (its other incoming weights := 0), A's units outside the pathway no longer read it (their weights from it,
+    and the output rows other than `target`, := 0), and the copied target row reads only the last layer's
+    transplanted units. The reference's "copy entire pathways as connected units" can be read either way."""
     layers_a, layers_b = linear_layers(edited_a), linear_layers(model_b, "model_b.name")
     if len(selected) != len(layers_a) - 1:
         raise ValueError(f"transplant: {len(selected)} unit lists for {len(layers_a) - 1} hidden layers")
     for layer_a, layer_b in zip(layers_a, layers_b):
         if layer_a.weight.shape != layer_b.weight.shape:
             raise ValueError("transplant: A and B have different architectures")
-    for layer_a, layer_b, units in zip(layers_a[:-1], layers_b[:-1], selected):
-        units = torch.as_tensor(units, dtype=torch.long).cpu()
-        if units.numel():
-            _copy_rows(layer_a, layer_b, units)
+    units = [torch.as_tensor(u, dtype=torch.long).cpu() for u in selected]
+    for layer_a, layer_b, chosen in zip(layers_a[:-1], layers_b[:-1], units):
+        if chosen.numel():
+            _copy_rows(layer_a, layer_b, chosen)
     if copy_head_row:
         _copy_rows(layers_a[-1], layers_b[-1], torch.tensor([target]))
+    if not isolate:
+        return
+    readers = [*units[1:], torch.tensor([target]) if copy_head_row else torch.zeros(0, dtype=torch.long)]
+    for below, (reader_units, layer_a) in enumerate(zip(readers, layers_a[1:])):
+        weight = layer_a.weight  # (width_{below+1} or classes, width_below)
+        inside = torch.zeros(weight.shape[0], dtype=torch.bool)
+        inside[reader_units] = True
+        outside_below = torch.ones(weight.shape[1], dtype=torch.bool)
+        outside_below[units[below]] = False
+        weight[inside.nonzero().flatten()[:, None].to(weight.device), outside_below.nonzero().flatten()[None, :]
+               .to(weight.device)] = 0.0  # pathway units read only pathway units
+        weight[(~inside).nonzero().flatten()[:, None].to(weight.device), units[below][None, :]
+               .to(weight.device)] = 0.0  # the rest of A no longer reads the pathway
 
 
 def _copy_rows(layer_a: nn.Linear, layer_b: nn.Linear, rows: torch.Tensor) -> None:

@@ -21,7 +21,8 @@ def plot_confusions(summary: dict, path: Path) -> Path:
     target = summary["concept"]["target"]
     columns = min(4, len(methods))
     rows = math.ceil(len(methods) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.7 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(methods):]:
         ax.axis("off")
     for ax, (name, result) in zip(axes.flat, methods.items()):
@@ -41,10 +42,10 @@ def plot_confusions(summary: dict, path: Path) -> Path:
             r, c = m["confusion_rows"].index(target), m["confusion_columns"].index(target)
             ax.add_patch(plt.Rectangle((-0.5, r - 0.5), fractions.shape[1], 1, fill=False, ec="red", lw=1))
             ax.add_patch(plt.Rectangle((c - 0.5, -0.5), 1, fractions.shape[0], fill=False, ec="red", lw=1))
-        ax.set_title(f"{name}\ntransfer {m['transfer']:.2f} · preservation {m['preservation']:.2f}", fontsize=8)
+        ax.set_title(f"{name}\ntransfer {m['transfer']:.2f} · preservation {m['preservation']:.2f}\n"
+                     f"specificity {m['specificity']:.2f} (distractor called target)", fontsize=7)
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -14,7 +14,7 @@ def _signed(value: float) -> str:
 
 
 COLUMNS = ["method", "transfer ↑", "preservation ↑", "Δ vs A", "specificity ↓", "target imgs", "labels",
-           "other imgs", "steps", "params changed"]
+           "other imgs", "val imgs", "steps", "params changed"]
 
 
 def transfer_rows(summary: dict) -> list[list[str]]:
@@ -24,7 +24,8 @@ def transfer_rows(summary: dict) -> list[list[str]]:
         m, b = result["measures"], result["budget"]
         rows.append([name, _fraction(m["transfer"]), _fraction(m["preservation"]), _signed(m["preservation_change"]),
                      _fraction(m["specificity"]), str(b["target_images"]), "yes" if b["target_labels"] else "no",
-                     str(b["other_images"]), str(b["gradient_steps"]), str(b["parameters_changed"])])
+                     str(b["other_images"]), str(b.get("validation_images", 0)), str(b["gradient_steps"]),
+                     str(b["parameters_changed"])])
     return rows
 
 
@@ -39,8 +40,10 @@ def format_transfer_table(summary: dict) -> str:
         f"{_fraction(a['own_accuracy'])}; model B (classes {', '.join(map(str, concept['classes_b']))}): accuracy on "
         f"its classes {_fraction(b['own_accuracy'])}, class {concept['target']} recall {_fraction(b['transfer'])}",
         "transfer: target images called target; preservation: accuracy on A's classes; specificity: distractor "
-        "images called target; budget: images, labels and optimiser steps each method used",
+        "images called target; budget: distinct training images (target / other) and labelled validation images "
+        "each method used, whether it used target labels, its optimiser steps, A's parameters it changed",
     ]
+    lines += [f"warning: {warning}" for warning in summary.get("warnings", [])]
     rows = [COLUMNS, *transfer_rows(summary)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     rendered = [" | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

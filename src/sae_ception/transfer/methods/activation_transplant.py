@@ -27,6 +27,7 @@ class ActivationTransplantConfig(TransferMethodConfig):
     top_k: int = 24  # units transplanted per chosen hidden layer (capped at its width)
     layers: Optional[List[int]] = None  # hidden layers to transplant from (0 = first, negative from the end); None: all
     copy_head_row: bool = True  # also copy B's target output row (otherwise nothing routes the units to the target)
+    isolate: bool = False  # cut the transplanted units out as their own circuit (pathways.transplant)
 
     def validate_for(self, name, cfg) -> None:
         def setting(key: str) -> str:
@@ -37,6 +38,10 @@ class ActivationTransplantConfig(TransferMethodConfig):
                 raise ConfigError(f"{setting(key)}={getattr(self, key)} must be a positive integer")
         require_same_architecture(name, cfg, "transplanting B's hidden units into A")
         check_hidden_layers(setting("layers"), self.layers, cfg.model_a.hidden_sizes)
+        if self.isolate and (self.layers is not None or not self.copy_head_row):
+            raise ConfigError(f"{setting('isolate')}=true cuts the transplanted units out as a circuit from the input "
+                              "to the target row, which needs units in every hidden layer and the copied row: use "
+                              f"{setting('layers')}=null and {setting('copy_head_row')}=true, or isolate=false")
 
 
 @TRANSFER_METHODS.register("activation_transplant")
@@ -62,5 +67,5 @@ class ActivationTransplant(TransferMethod):
         log.info("transfer/%s: units per hidden layer %s from %d target and %d other images", ctx.name,
                  [len(units) for units in selected], len(positives), len(negatives))
         edited = ctx.copy_of_a()
-        transplant(edited, ctx.model_b, selected, concept.target, cfg.copy_head_row)
+        transplant(edited, ctx.model_b, selected, concept.target, cfg.copy_head_row, isolate=cfg.isolate)
         return edited

@@ -29,6 +29,7 @@ class CascadeConfig(TransferMethodConfig):
     # units kept per hidden layer, last hidden layer first: ratios[0] units by |B's target row|, then ratios[i]
     # inputs per kept unit of the layer above (each capped at the layer's width); one per hidden layer of A
     ratios: List[int] = field(default_factory=lambda: list(REFERENCE_RATIOS))
+    isolate: bool = False  # cut the pathway out as its own circuit (pathways.transplant); false: incoming rows only
 
     def validate_for(self, name, cfg) -> None:
         setting = f"transfer.{name}.ratios"
@@ -66,5 +67,5 @@ class Cascade(TransferMethod):
         log.info("transfer/%s: units per hidden layer %s of %s", ctx.name, [len(units) for units in selected],
                  [layer.out_features for layer in layers_b[:-1]])
         edited = ctx.copy_of_a()
-        transplant(edited, ctx.model_b, selected, target, copy_head_row=True)
+        transplant(edited, ctx.model_b, selected, target, copy_head_row=True, isolate=self.cfg.isolate)
         return edited

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from sae_ception.errors import ConfigError
 from sae_ception.transfer.base import TRANSFER_METHODS, TransferMethod, TransferMethodConfig
 from sae_ception.transfer.layers import linear_layers, penultimate
+from sae_ception.transfer.selection import require_validation_images, select_on_validation
 from sae_ception.transfer.pathways import (CARRY_CHOICES, carry_probe, fit_alignment,
                                            fit_probe)
 from sae_ception.transfer.shapes import require_same_last_width
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class ProcrustesProbeConfig(TransferMethodConfig):
     type: str = "procrustes_probe"
-    alpha: float = 1.0  # scale of the carried probe added to A's target row (weights and bias); > 0
+    # scale of the carried probe added to A's target row (weights and bias), > 0; or a list of them, the one with the
+    # best mean of validation transfer and preservation kept (`select_on_validation`)
+    alpha: Any = 1.0
     target_images: int = 100  # k: target-class training images, the probe's positives (YAML: concept.target_images)
     negatives_per_class: int = 100  # the probe's negatives: this many training images of each of B's other classes
     anchors_per_class: Optional[int] = None  # Procrustes anchors: training images per shared class (None: all)
@@ -31,13 +34,21 @@ class ProcrustesProbeConfig(TransferMethodConfig):
     carry: str = "transpose"  # transpose: Rᵀw (correct); reference: R w, the reference's `R @ W4` (inverse rotation)
     max_iter: int = 1000  # the probe's lbfgs iteration limit (iterations used are the method's steps)
 
+    @property
+    def alphas(self) -> list:
+        return list(self.alpha) if isinstance(self.alpha, (list, tuple)) else [self.alpha]
+
     def validate_for(self, name, cfg) -> None:
         def setting(key: str) -> str:
             return f"transfer.{name}.{key}"
 
-        if not self.alpha > 0:
-            raise ConfigError(f"{setting('alpha')}={self.alpha} must be > 0 (scale of the probe added to A's "
-                              "target row, e.g. 1.0)")
+        alphas = self.alphas
+        if not alphas or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < float("inf")
+                             for a in alphas):
+            raise ConfigError(f"{setting('alpha')}={self.alpha} must be a number > 0 (scale of the probe added to "
+                              "A's target row, e.g. 1.0) or a non-empty list of them, chosen on validation images")
+        if len(set(alphas)) != len(alphas):
+            raise ConfigError(f"{setting('alpha')}={self.alpha} repeats a value; give each once")
         for key in ("target_images", "negatives_per_class", "max_iter"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{setting(key)}={getattr(self, key)} must be a positive integer")
@@ -59,12 +70,19 @@ class ProcrustesProbe(TransferMethod):
     sketch writes `R @ W4`, which applies the inverse rotation when R comes from orthogonal_procrustes(H_B, H_A);
     `carry: reference` reproduces it, `transpose` (default) is the correct map. With `center`, each model's
     anchor mean is removed before fitting and the shift is folded into the bias: intercept + w·μ_B - (Rᵀw)·μ_A.
-    (d) A's head row `target`: weight += alpha · Rᵀw, bias += alpha · (carried intercept).
+    (d) A's head row `target`: weight += alpha · Rᵀw, bias += alpha · (carried intercept). With a list of
+    alphas, one edit per alpha, and the one with the best mean of validation transfer and preservation is kept
+    (transfer/selection.py; its validation images are counted, its choice reported as diagnostics `alpha`).
 
     Only A's target output row changes. When A's features are exactly B's rotated (H_A = H_B Q), the carried
     probe scores A's features exactly as the probe scores B's."""
 
     config_class = ProcrustesProbeConfig
+
+    def preflight(self, data) -> None:
+        super().preflight(data)
+        if len(self.cfg.alphas) > 1:
+            require_validation_images(data, self.setting("alpha"))
 
     def apply(self, ctx):
         cfg, concept = self.cfg, ctx.concept
@@ -81,9 +99,21 @@ class ProcrustesProbe(TransferMethod):
                  "images of classes %s, relative residual %.4f", ctx.name, len(positives), len(negatives),
                  probe.iterations, len(anchors), concept.shared, alignment.residual)
 
+        edits = [self._edit(ctx, alpha, weight, intercept) for alpha in cfg.alphas]
+        if len(edits) == 1:
+            return edits[0]
+        chosen = select_on_validation(ctx, edits)
+        ctx.report("alpha", cfg.alphas[chosen])
+        log.info("transfer/%s: alpha %g chosen on validation images from %s", ctx.name, cfg.alphas[chosen], cfg.alphas)
+        return edits[chosen]
+
+    @staticmethod
+    def _edit(ctx, alpha: float, weight: torch.Tensor, intercept: float):
         edited = ctx.copy_of_a()
         head = linear_layers(edited)[-1]
+        target = ctx.concept.target
         with torch.no_grad():
-            head.weight[concept.target] += cfg.alpha * weight.to(head.weight.device, head.weight.dtype)
-            head.bias[concept.target] += cfg.alpha * intercept
+            head.weight[target] += alpha * weight.to(head.weight.device, head.weight.dtype)
+            head.bias[target] += alpha * intercept
         return edited
+
