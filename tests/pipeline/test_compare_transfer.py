@@ -60,7 +60,10 @@ def make_transfer_run(folder, seed, methods, listed=None, extra=None, finished=T
                         "tags": ["concept-transfer"]},
               "paths": {"output_dir": str(folder)}, **(extra or {})}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    for name, result in methods.items():
+    for name, result in methods.items():  # a method's result stores the settings it ran with, as the run does
+        if result.get("settings") == {"type": name} and name in config["transfer"]:
+            result = {**result, "settings": config["transfer"][name]}
+            methods[name] = result
         write_json(folder / "results" / "methods" / f"{name}.json", result)
     if finished:
         write_json(folder / "results" / "transfer.json",
@@ -142,11 +145,16 @@ def test_which_other_methods_ran_is_no_group_but_a_setting_is(sweep):
     assert comparison.group_by == ["transfer.method"]
     assert {name: len(runs) for name, runs in comparison.groups.items()} == {"none": 4, "finetune_head": 4,
                                                                             "copy_head": 1}
-    # k (concept.target_images) changes what a method may use: it groups
+    # k (concept.target_images) reaches a result only through a method's own target_images: `none` (which takes no
+    # image) run again with another k is the same experiment, counted once
     make_transfer_run(sweep / "4", 0, {"none": method_result("none", 0.0, 0.98, 0.0)},
                       extra={"concept": {"classes_a": [0, 1, 2, 3], "classes_b": [2, 3, 4, 5], "target": 4,
                                          "distractor": 5, "methods": ["none"], "target_images": 10}})
-    assert compare(find_runs([sweep])).group_by == ["concept.target_images", "transfer.method"]
+    comparison = compare(find_runs([sweep]))
+    assert comparison.group_by == ["transfer.method"]
+    assert {name: len(runs) for name, runs in comparison.groups.items()} == {"none": 4, "finetune_head": 4,
+                                                                            "copy_head": 1}
+    assert any(note.startswith("1 result counted once") for note in comparison.notes)
 
 
 def test_where_selects_methods_and_by_always_keeps_methods_apart(sweep):
@@ -411,7 +419,8 @@ def test_a_methods_entry_has_only_its_own_methods_settings(alpha_sweep):
     assert "transfer.none.type" in none.settings and ALPHA not in none.settings
     assert not any(k.startswith(("transfer.copy_head.", "transfer.procrustes_probe.")) for k in none.settings)
     assert probe.settings[ALPHA] == 1.0 and "transfer.none.type" not in probe.settings
-    assert probe.settings["concept.target_images"] == 100 and probe.run_settings["transfer.none.type"] == "none"
+    assert probe.settings["transfer.procrustes_probe.target_images"] == 100 and "concept.target_images" not in probe.settings
+    assert probe.run_settings["transfer.none.type"] == "none"
     assert not none.has_setting(ALPHA) and probe.has_setting(ALPHA) and none.has_setting("concept.target")
 
 
@@ -534,7 +543,7 @@ def test_where_on_a_methods_setting_keeps_the_other_methods(alpha_sweep):
         where(runs, [f"{ALPHA}=4"])
 
 
-def test_a_methods_setting_that_follows_a_run_setting_is_not_grouped_by(tmp_path):
+def test_a_sweep_over_k_groups_each_method_by_its_own_k(tmp_path):
     for job, k in enumerate((10, 100)):
         make_transfer_run(tmp_path / str(job), 0, {
             "none": method_result("none", 0.0, 0.98, 0.0),
@@ -543,9 +552,12 @@ def test_a_methods_setting_that_follows_a_run_setting_is_not_grouped_by(tmp_path
                    "concept": {"classes_a": [0, 1, 2, 3], "classes_b": [2, 3, 4, 5], "target": 4, "distractor": 5,
                                "methods": ["none", "procrustes_probe"], "target_images": k}})
     comparison = compare(find_runs([tmp_path]))
-    assert comparison.group_by == ["concept.target_images", "transfer.method"]
-    assert list(comparison.groups) == ["10, none", "10, procrustes_probe", "100, none", "100, procrustes_probe"]
-    assert comparison.notes == []  # none's results differ in k: not repeats
+    # k is each method's own target_images (concept.target_images only feeds it): none, which takes no image,
+    # is one experiment run twice; procrustes_probe one group per k
+    assert comparison.group_by == ["transfer.method", "transfer.procrustes_probe.target_images"]
+    assert list(comparison.groups) == ["none", "procrustes_probe, target_images=10",
+                                       "procrustes_probe, target_images=100"]
+    assert len(comparison.notes) == 1 and comparison.notes[0].startswith("1 result counted once")
 
 
 def test_wandb_rows_are_of_the_collapsed_entries(alpha_sweep):
@@ -581,3 +593,13 @@ def test_a_run_made_before_a_methods_yaml_is_its_own_group_of_that_method(tmp_pa
     assert compare(find_runs([tmp_path]), group_by=["transfer.method"]).notes == [
         f"group 'procrustes_probe' mixes {ALPHA} = 3.0, unset: its cells average over those values; "
         f"--by transfer.method {ALPHA} keeps them apart"]
+
+
+def test_a_methods_settings_are_those_stored_with_its_result_not_the_rewritten_config(tmp_path):
+    """A later command rewrites config.yaml when it starts; a result it had not yet replaced keeps the settings
+    that made it, and compare labels it with those."""
+    result = method_result("procrustes_probe", 0.0, 0.98, 0.0)
+    result["settings"] = alpha_config(1.0)["procrustes_probe"]
+    make_transfer_run(tmp_path / "0", 0, {"procrustes_probe": result}, extra={"transfer": alpha_config(10.0)})
+    (entry,) = find_runs([tmp_path])
+    assert entry.settings[ALPHA] == 1.0

@@ -158,7 +158,12 @@ def test_more_target_images_than_the_data_has_is_refused_before_training(tmp_pat
                                         "transfer.activation_transplant.target_images=4000"],
              "transfer.activation_transplant.target_images=4000 is more than the")
     _refused(caplog, tmp_path / "run", ["concept.methods=[none,finetune_head]", "concept.target_images=900"],
-             "concept.target_images=900 (as transfer.finetune_head.target_images) is more than the 800 target draws")
+             "transfer.finetune_head.steps=50 x transfer.finetune_head.target_batch=16 draw only 800 target images, "
+             "fewer than concept.target_images=900 (as transfer.finetune_head.target_images)")
+    _refused(caplog, tmp_path / "run", ["concept.methods=[finetune_head]", "transfer.finetune_head.steps=1",
+                                        "transfer.finetune_head.target_images=10", "transfer.finetune_head.target_batch=10",
+                                        "transfer.finetune_head.replay_batch=2"],
+             "transfer.finetune_head.steps=1 x transfer.finetune_head.replay_batch=2 draw fewer replay images than A")
 
 
 def test_every_method_is_one_class_and_one_yaml_loaded_by_default():
@@ -255,10 +260,42 @@ def test_a_damaged_method_result_is_one_line_and_a_missing_edit_is_recomputed(tm
     assert (run_dir / "checkpoints" / "edited_copy_head" / "config.json").is_file()
     assert results(run_dir)["methods"] == first
     path = run_dir / "results" / "methods" / "none.json"
-    saved = json.loads(path.read_text())
-    del saved["measures"]["transfer"]
-    path.write_text(json.dumps(saved))
-    _refused(caplog, run_dir, ["concept.methods=[none,copy_head]"], "none.json is damaged (measures lacks transfer)")
+    sound = path.read_text()
+    for damage, said in ((lambda r: r["measures"].pop("transfer"), "measures.transfer is null, not a number"),
+                         (lambda r: r["measures"].update(transfer="abc"), 'measures.transfer is "abc", not a number'),
+                         (lambda r: r["budget"].update(gradient_steps=None), "budget.gradient_steps is null"),
+                         (lambda r: r.clear(), "no 'settings' object")):
+        saved = json.loads(sound)
+        damage(saved)
+        path.write_text(json.dumps(saved))
+        # refused before anything is written, whatever else the command changes
+        _refused(caplog, run_dir, ["concept.methods=[none,copy_head]", "transfer.copy_head.type=copy_head"],
+                 f"none.json is damaged ({said}")
+    path.write_text(sound)
+
+
+def test_a_result_of_an_earlier_version_is_recomputed_and_a_stale_edited_model_removed(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
+    first = results(run_dir)["methods"]["none"]
+    path = run_dir / "results" / "methods" / "none.json"
+    older = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("models", "validation")}
+    path.write_text(json.dumps(older))
+    caplog.clear()
+    run_transfer(run_dir, ["concept.methods=[none,copy_head]"])
+    assert any("written by an earlier version (no models, validation)" in r.getMessage()
+               for r in caplog.records)
+    assert results(run_dir)["methods"]["none"] == first
+    # recomputed without keeping edited models: the earlier edited model, no longer its, is removed
+    run_transfer(run_dir, ["concept.methods=[none,copy_head]", "concept.save_edited=false",
+                           "transfer.copy_head.type=copy_head", "concept.target=4"])
+    assert (run_dir / "checkpoints" / "edited_copy_head").is_dir()  # unchanged settings: reused as it was
+    run_transfer(run_dir, ["concept.methods=[none,procrustes_probe]", "concept.save_edited=false"])
+    assert not (run_dir / "checkpoints" / "edited_procrustes_probe").exists()
+    run_transfer(run_dir, ["concept.methods=[none,procrustes_probe]"])  # kept again: computed again
+    run_transfer(run_dir, ["concept.methods=[none,procrustes_probe]", "concept.save_edited=false",
+                           "transfer.procrustes_probe.alpha=10"])
+    assert not (run_dir / "checkpoints" / "edited_procrustes_probe").exists()
 
 
 @pytest.mark.parametrize("overrides", [["transfer.activation_transplant.isolate=true",
@@ -268,3 +305,13 @@ def test_a_damaged_method_result_is_one_line_and_a_missing_edit_is_recomputed(tm
 def test_an_isolated_transplant_that_cannot_reach_the_target_row_is_refused(tmp_path, caplog, overrides):
     _refused(caplog, tmp_path / "run", ["concept.methods=[activation_transplant]", *overrides],
              "transfer.activation_transplant.isolate=true cuts the transplanted units out")
+
+
+def test_a_strength_given_as_an_integer_is_the_same_setting_as_its_float():
+    """`alpha=1` and `alpha=1.0` are one setting: stored alike, so resume and compare.py see one value."""
+    from sae_ception.transfer import parse_transfer_config
+
+    for given, stored in (("1", 1.0), ("[1,3]", [1.0, 3.0]), ("2.5", 2.5)):
+        cfg = parse_transfer_config(compose_transfer(Path("/nonexistent"), [f"transfer.procrustes_probe.alpha={given}"]))
+        assert cfg.transfer["procrustes_probe"].alpha == stored
+        assert all(isinstance(a, float) for a in cfg.transfer["procrustes_probe"].alphas)

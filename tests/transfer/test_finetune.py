@@ -116,7 +116,8 @@ def test_the_replay_pool_is_never_larger_than_the_draws_so_every_counted_image_i
 def test_more_target_images_than_the_steps_can_draw_is_refused():
     from sae_ception.transfer.methods.finetune_head import FinetuneHeadConfig
 
-    with pytest.raises(ConfigError, match=r"transfer.finetune_head.target_images=7 is more than the 6 target draws"):
+    with pytest.raises(ConfigError, match=r"transfer.finetune_head.steps=2 x transfer.finetune_head.target_batch=3 draw "
+                                          r"only 6 target images, fewer than transfer.finetune_head.target_images=7"):
         FinetuneHeadConfig(target_images=7, steps=2, target_batch=3).validate_for("finetune_head", None)
 
 
@@ -210,9 +211,11 @@ def test_bad_settings_are_one_line(name, key, value):
 
 
 def test_finetune_head_needs_an_mlp_head():
+    cfg = SimpleNamespace(model_a=SimpleNamespace(name="minilm"),
+                          concept=SimpleNamespace(classes_a=[0, 1, 2, 3], target_images=100))
     with pytest.raises(ConfigError, match="transfer.finetune_head: .*model_a.name=minilm"):
-        FinetuneHeadConfig().validate_for("finetune_head", SimpleNamespace(model_a=SimpleNamespace(name="minilm")))
-    FinetuneReplayConfig().validate_for("finetune_replay", SimpleNamespace(model_a=SimpleNamespace(name="minilm")))
+        FinetuneHeadConfig().validate_for("finetune_head", cfg)
+    FinetuneReplayConfig().validate_for("finetune_replay", cfg)
 
 
 @pytest.mark.parametrize("name", METHODS)

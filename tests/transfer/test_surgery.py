@@ -626,7 +626,7 @@ def test_procrustes_probe_with_a_list_of_alphas_keeps_the_one_chosen_on_validati
 @pytest.mark.parametrize("value, rule", [
     ("[]", "[] must be a number > 0"),
     ("[1.0,-2.0]", "[1.0, -2.0] must be a number > 0"),
-    ("[1.0,0]", "[1.0, 0] must be a number > 0"),
+    ("[1.0,0]", "[1.0, 0.0] must be a number > 0"),
     ("[1.0,3.0,1.0]", "[1.0, 3.0, 1.0] repeats a value"),
 ])
 def test_a_bad_list_of_alphas_is_one_line(value, rule):

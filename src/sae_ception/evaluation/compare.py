@@ -139,10 +139,20 @@ def method_of_key(key: str) -> Optional[str]:
     return parts[1] if len(parts) == 3 and parts[0] == "transfer" else None
 
 
-def method_settings(settings: dict[str, Any], name: str) -> dict[str, Any]:
+# run-level transfer settings that reach a result only through a method's own settings (its YAML interpolates
+# them), so they are not the entry's: `concept.target_images` is each method's `transfer.<name>.target_images`
+THROUGH_METHODS = ("concept.target_images",)
+
+
+def method_settings(settings: dict[str, Any], name: str, stored: Any = None) -> dict[str, Any]:
     """A transfer method's entry's settings: the run's without the other methods' `transfer.<other>.*` (which
-    do not change its result), plus `transfer.method: <name>`."""
-    own = {k: v for k, v in settings.items() if method_of_key(k) in (None, name)}
+    do not change its result) and without THROUGH_METHODS, plus `transfer.method: <name>`. Its own
+    `transfer.<name>.*` come from `stored`, the settings saved with its result (what made its numbers; the run's
+    config.yaml is rewritten when a later command starts, possibly before that result is), when given."""
+    own = {k: v for k, v in settings.items() if method_of_key(k) in (None, name) and k not in THROUGH_METHODS}
+    if isinstance(stored, dict):
+        own = {k: v for k, v in own.items() if method_of_key(k) is None}
+        own |= _flatten(stored, f"transfer.{name}.")
     return {**own, METHOD: name}
 
 
@@ -261,7 +271,8 @@ def read_transfer_run(folder: Path, settings: Optional[dict[str, Any]] = None) -
         flat, problem = _method_metrics(name, result)
         if problem:
             break
-        entries.append(RunResults(folder=folder / METHOD_FILES / str(name), settings=method_settings(settings, name),
+        entries.append(RunResults(folder=folder / METHOD_FILES / str(name),
+                                  settings=method_settings(settings, name, result.get("settings")),
                                   by_cycle={0: flat}, kind=TRANSFER, run=folder, missing_methods=missing,
                                   run_settings=settings))
     if problem:

@@ -7,7 +7,10 @@ rerun skips it unless its settings changed), and the summary is rewritten from t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,6 +62,7 @@ def transfer_preflight(ctx: RunContext) -> None:
                           "(dataset.max_train_examples, dataset.test_fraction)")
     for method in _methods(cfg):
         method.preflight(data)
+    check_saved_results(ctx)
     for which in ("a", "b"):  # a model this folder already holds must fit its settings (resume)
         path = ctx.layout.source_model(which)
         if checkpoint_exists(path):
@@ -195,32 +199,51 @@ def run_method(ctx: RunContext, method: TransferMethod, model_a: Classifier, mod
     measures, validation = measure_both(ctx, edited, base)
     if ctx.cfg.concept.save_edited:
         save_model(edited, ctx.layout.edited_model(method.name), extra={"stage": f"transfer/{method.name}"})
+    elif ctx.layout.edited_model(method.name).exists():  # an earlier computation's, which no longer matches
+        shutil.rmtree(ctx.layout.edited_model(method.name))
     return {"method": method.name, "type": method.cfg.type, "settings": asdict(method.cfg),
             "models": {"a": before[0], "b": before[1]}, "measures": measures, "validation": validation,
             "budget": budget.as_dict(), "target_image_indices": tctx.target_indices, "diagnostics": tctx.diagnostics}
 
 
-RESULT_KEYS = {"measures": MEASURES, "budget": BUDGET_ITEMS}
+def _number(value, allow_bool: bool = False) -> bool:
+    if isinstance(value, bool):
+        return allow_bool
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _damage(saved) -> str | None:
-    """What is wrong with a method's saved result (None: nothing)."""
+    """What makes a method's saved result unusable (None: nothing)."""
     if not isinstance(saved, dict):
         return "not a JSON object"
-    for key in ("settings", "models", "measures", "validation", "budget", "diagnostics"):
+    for key in ("settings", "measures", "budget"):
         if not isinstance(saved.get(key), dict):
             return f"no {key!r} object"
-    for key, names in RESULT_KEYS.items():
-        missing = [name for name in names if name not in saved[key]]
-        if missing:
-            return f"{key} lacks {', '.join(missing)}"
+    for name in MEASURES:
+        value = saved["measures"].get(name)
+        if not (isinstance(value, list) if name == "confusion" else _number(value)):
+            return f"measures.{name} is {json.dumps(value)}, not {'a matrix' if name == 'confusion' else 'a number'}"
+    for name in BUDGET_ITEMS:
+        value = saved["budget"].get(name)
+        if not _number(value, allow_bool=name == "target_labels"):
+            return f"budget.{name} is {json.dumps(value)}, not a number"
     return None
 
 
-def _saved_result(ctx: RunContext, method: TransferMethod, digests: dict) -> dict | None:
-    """A method's result from an earlier invocation, when its settings and models A and B (their weights'
-    digests) are today's, and its edited model is there if the run keeps them; None to (re)compute it. A damaged
-    file is one ArtifactError line."""
+def _older_format(saved: dict) -> str | None:
+    """Why a sound result from an earlier version of this product lacks what a reuse checks (None: it does not)."""
+    missing = [key for key in ("models", "validation", "diagnostics") if key not in saved]
+    return f"it was written by an earlier version (no {', '.join(missing)})" if missing else None
+
+
+def check_saved_results(ctx: RunContext) -> None:
+    """Preflight: every listed method's saved result is readable and sound, before anything is written (a
+    damaged one is one ArtifactError line naming it)."""
+    for method in _methods(ctx.cfg):
+        _read_saved(ctx, method)
+
+
+def _read_saved(ctx: RunContext, method: TransferMethod) -> dict | None:
     path = ctx.layout.method_result(method.name)
     if not path.is_file():
         return None
@@ -229,14 +252,26 @@ def _saved_result(ctx: RunContext, method: TransferMethod, digests: dict) -> dic
     damage = _damage(saved)
     if damage is not None:
         raise ArtifactError(f"{path} is damaged ({damage}); {remedy}")
-    if saved["settings"] != asdict(method.cfg):
-        log.info("transfer/%s: its settings changed since %s was written; recomputing", method.name, path)
+    return saved
+
+
+def _saved_result(ctx: RunContext, method: TransferMethod, digests: dict) -> dict | None:
+    """A method's result from an earlier invocation, when its settings and models A and B (their weights'
+    digests) are today's, and its edited model is there if the run keeps them; None to (re)compute it (a result
+    of an earlier version of the product too). A damaged file is one ArtifactError line."""
+    saved = _read_saved(ctx, method)
+    if saved is None:
         return None
-    if saved.get("models") != digests:
-        log.info("transfer/%s: %s was made with other weights of model A or B; recomputing", method.name, path)
-        return None
-    if ctx.cfg.concept.save_edited and not checkpoint_exists(ctx.layout.edited_model(method.name)):
-        log.info("transfer/%s: %s is missing; recomputing", method.name, ctx.layout.edited_model(method.name))
+    path = ctx.layout.method_result(method.name)
+    why = _older_format(saved)
+    if why is None and saved["settings"] != asdict(method.cfg):
+        why = "its settings changed since it was written"
+    if why is None and saved["models"] != digests:
+        why = "it was made with other weights of model A or B"
+    if why is None and ctx.cfg.concept.save_edited and not checkpoint_exists(ctx.layout.edited_model(method.name)):
+        why = f"{ctx.layout.edited_model(method.name)} is missing"
+    if why is not None:
+        log.info("transfer/%s: %s (%s); recomputing", method.name, why, path)
         return None
     log.info("transfer/%s: found %s, skipping (resume)", method.name, path)
     return saved

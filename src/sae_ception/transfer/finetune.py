@@ -63,17 +63,23 @@ class FinetuneConfig(TransferMethodConfig):
         if draws < self.target_images:
             shared = cfg is not None and self.target_images == cfg.concept.target_images
             raise ConfigError(
+                f"transfer.{name}.steps={self.steps} x transfer.{name}.target_batch={self.target_batch} draw only "
+                f"{draws} target images, fewer than "
                 f"{'concept' if shared else f'transfer.{name}'}.target_images={self.target_images}"
-                f"{f' (as transfer.{name}.target_images)' if shared else ''} is more than the {draws} target draws of steps x target_batch = {self.steps} x "
-                f"{self.target_batch}, so some of the k images would never be trained on (yet be counted); "
-                "raise steps or target_batch, or lower target_images")
+                f"{f' (as transfer.{name}.target_images)' if shared else ''}: some of them would never be trained "
+                "on, yet be counted; raise the steps or the batch, or lower target_images")
+        if cfg is not None and 0 < self.steps * self.replay_batch < len(cfg.concept.classes_a):
+            raise ConfigError(
+                f"transfer.{name}.steps={self.steps} x transfer.{name}.replay_batch={self.replay_batch} draw fewer "
+                f"replay images than A has classes ({len(cfg.concept.classes_a)}), so not one image of each could be "
+                "replayed; raise them, or set replay_batch=0 for no replay")
 
 
 def replay_per_class(cfg: FinetuneConfig, classes: int) -> int:
     """Replay images drawn per class of A: `cfg.replay_per_class` (None: all), but never more than the
     steps x replay_batch draws can reach (floor(draws / classes) each), so that every replay image the budget
     counts is trained on (the first pass over the pool covers it)."""
-    reach = max(1, cfg.steps * cfg.replay_batch // classes)
+    reach = cfg.steps * cfg.replay_batch // classes  # >= 1: validate_for refuses fewer draws than classes
     return reach if cfg.replay_per_class is None else min(cfg.replay_per_class, reach)
 
 

@@ -13,8 +13,8 @@ def require_validation_images(data, setting: str) -> None:
     missing = [c for c in [*concept.classes_a, concept.target] if data.count("val", c) == 0]
     if missing:
         raise ConfigError(f"{setting}: choosing among several values needs validation images of A's classes and "
-                          f"the target, but class {', '.join(map(str, missing))} has none; set dataset.val_fraction "
-                          "> 0 (e.g. 0.1) or give one value")
+                          f"the target, but class {', '.join(map(str, missing))} has none in the validation split; "
+                          "raise dataset.val_fraction (e.g. 0.1) or give one value")
 
 
 def select_on_validation(ctx, candidates: list) -> int:

@@ -32,19 +32,23 @@ class CascadeConfig(TransferMethodConfig):
     isolate: bool = False  # cut the pathway out as its own circuit (pathways.transplant); false: incoming rows only
 
     def validate_for(self, name, cfg) -> None:
-        setting = f"transfer.{name}.ratios"
+        setting, note = f"transfer.{name}.ratios", ""
+        followed = cfg.transfer.get("cascade") if name != "cascade" else None
+        if followed is not None and list(getattr(followed, "ratios", [])) == list(self.ratios):
+            # cascade_isolated.yaml interpolates ${transfer.cascade.ratios}: name what the user sets
+            setting, note = "transfer.cascade.ratios", f" (followed by transfer.{name}.ratios)"
         require_same_architecture(name, cfg, "transplanting B's pathway into A")
         ratios, sizes = list(self.ratios), list(cfg.model_a.hidden_sizes)
         if len(ratios) != len(sizes):
             base = ratios or REFERENCE_RATIOS
             example = (base + [base[-1]] * len(sizes))[:len(sizes)]
             entries = f"{len(ratios)} entr{'y' if len(ratios) == 1 else 'ies'}"
-            raise ConfigError(f"{setting}={ratios} has {entries} but model_a has {len(sizes)} hidden "
+            raise ConfigError(f"{setting}={ratios}{note} has {entries} but model_a has {len(sizes)} hidden "
                               f"layers (hidden_sizes={sizes}); give one ratio per hidden layer, last layer first, "
                               f"e.g. {setting}={_listed(example)}")
         small = [r for r in ratios if r < 1]
         if small:
-            raise ConfigError(f"{setting}={ratios} has {small[0]}; every ratio must be >= 1 (units kept per unit of "
+            raise ConfigError(f"{setting}={ratios}{note} has {small[0]}; every ratio must be >= 1 (units kept per unit of "
                               f"the layer above), e.g. {setting}={_listed([max(1, r) for r in ratios])}")
 
 

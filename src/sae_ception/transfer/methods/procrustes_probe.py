@@ -34,6 +34,11 @@ class ProcrustesProbeConfig(TransferMethodConfig):
     carry: str = "transpose"  # transpose: Rᵀw (correct); reference: R w, the reference's `R @ W4` (inverse rotation)
     max_iter: int = 1000  # the probe's lbfgs iteration limit (iterations used are the method's steps)
 
+    def __post_init__(self) -> None:
+        # 1 and 1.0 are one strength: stored alike, so resume and compare.py see one setting
+        number = lambda a: float(a) if isinstance(a, int) and not isinstance(a, bool) else a  # noqa: E731
+        self.alpha = [number(a) for a in self.alpha] if isinstance(self.alpha, (list, tuple)) else number(self.alpha)
+
     @property
     def alphas(self) -> list:
         return list(self.alpha) if isinstance(self.alpha, (list, tuple)) else [self.alpha]
