@@ -184,14 +184,14 @@ def sample_seed(ctx: RunContext) -> int:
 
 
 def run_method(ctx: RunContext, method: TransferMethod, model_a: Classifier, model_b: Classifier,
-               base: dict) -> dict:
-    """Apply one method to a copy of A, measure it and record its budget; A and B must come back unchanged."""
-    before = (_state_digest(model_a), _state_digest(model_b))
+               base: dict, digests: dict) -> dict:
+    """Apply one method to a copy of A, measure it and record its budget; A and B must come back unchanged
+    (their weights' `digests`, {"a", "b"}, are taken once per run)."""
     generator = seed_everything(method_seed(ctx))
     tctx = TransferContext(ctx, method.name, method.cfg, model_a, model_b, _data(ctx), generator, sample_seed(ctx))
     with ctx.timed(f"transfer/{method.name}", 0):
         edited = method.apply(tctx)
-    if (_state_digest(model_a), _state_digest(model_b)) != before:
+    if {"a": _state_digest(model_a), "b": _state_digest(model_b)} != digests:
         raise RuntimeError(f"transfer method {method.name} changed model A or B in place; it must edit a copy")
     edited = edited.cpu().eval()
     budget = tctx.budget
@@ -202,7 +202,7 @@ def run_method(ctx: RunContext, method: TransferMethod, model_a: Classifier, mod
     elif ctx.layout.edited_model(method.name).exists():  # an earlier computation's, which no longer matches
         shutil.rmtree(ctx.layout.edited_model(method.name))
     return {"method": method.name, "type": method.cfg.type, "settings": asdict(method.cfg),
-            "models": {"a": before[0], "b": before[1]}, "measures": measures, "validation": validation,
+            "models": dict(digests), "measures": measures, "validation": validation,
             "budget": budget.as_dict(), "target_image_indices": tctx.target_indices, "diagnostics": tctx.diagnostics}
 
 
@@ -292,7 +292,7 @@ def run_transfer(ctx: RunContext) -> dict:
     for method in _methods(cfg):
         result = _saved_result(ctx, method, digests)
         if result is None:
-            result = run_method(ctx, method, model_a, model_b, base)
+            result = run_method(ctx, method, model_a, model_b, base, digests)
             write_json(ctx.layout.method_result(method.name), result)
         results[method.name] = result
         log.info("transfer/%s: transfer %.4f, preservation %.4f, specificity %.4f", method.name,
