@@ -64,7 +64,9 @@ def test_default_run_on_digits(tmp_path):
     assert joint["measures"]["transfer"] > 0.8  # the ceiling learns the target from all its labelled images
     assert copy["budget"]["parameters_changed"] == 64 + 1  # one row of the 64-wide head, and its bias
     assert copy["budget"]["target_images"] == 0 and copy["budget"]["gradient_steps"] == 0
-    assert 0 < methods["procrustes_probe"]["diagnostics"]["procrustes_residual"] < 2
+    diagnostics = methods["procrustes_probe"]["diagnostics"]
+    assert 0 < diagnostics["procrustes_residual"] < 2 and 0.5 < diagnostics["carried_auc"] <= 1
+    assert diagnostics["carried_score_target"] > diagnostics["carried_score_anchors"] and diagnostics["a_margin_target"] > 0
     assert summary["models"]["a"]["own_accuracy"] > 0.9 and summary["models"]["b"]["transfer"] > 0.8
     assert (run_dir / "plots" / "transfer_confusion.png").stat().st_size > 10_000
     assert (run_dir / "config.yaml").is_file() and (run_dir / "transfer_concept.log").is_file()

@@ -29,6 +29,7 @@ DIRECTIONS = {
     "transfer": 1, "preservation": 1, "preservation_change": 1, "specificity": -1,
     "target_images": 0, "target_labels": 0, "other_images": 0, "gradient_steps": 0, "parameters_changed": 0,
     "procrustes_residual": -1,  # diagnostics: ||H_B R - H_A|| / ||H_A|| of an alignment, lower = better aligned
+    "carried_auc": 1,  # diagnostics: how well a carried probe separates the target in A's features
 }
 ABSOLUTE = {"spliced_accuracy_drop"}
 # Metrics that grow with the number of examples N as well as with what they measure: compared only at equal N.

@@ -100,6 +100,7 @@ class ProcrustesProbe(TransferMethod):
                                   center=cfg.center)
         weight, intercept = carry_probe(probe, alignment, cfg.carry)
         ctx.report("procrustes_residual", alignment.residual)  # ||H_B R - H_A||_F / ||H_A||_F on the anchors
+        self._report_carried(ctx, positives, anchors.x, weight, intercept)
         log.info("transfer/%s: probe on %d target + %d other images (%d lbfgs iterations); Procrustes on %d anchor "
                  "images of classes %s, relative residual %.4f", ctx.name, len(positives), len(negatives),
                  probe.iterations, len(anchors), concept.shared, alignment.residual)
@@ -111,6 +112,25 @@ class ProcrustesProbe(TransferMethod):
         ctx.report("alpha", cfg.alphas[chosen])
         log.info("transfer/%s: alpha %g chosen on validation images from %s", ctx.name, cfg.alphas[chosen], cfg.alphas)
         return edits[chosen]
+
+    @staticmethod
+    def _report_carried(ctx, positives: torch.Tensor, anchors: torch.Tensor, weight: torch.Tensor,
+                        intercept: float) -> None:
+        """Why the edit does (or does not) flip predictions, on the images the method already used: the carried
+        probe's AUC separating the target images from the anchors in A's features (`carried_auc`), its mean score
+        on each (`carried_score_target`, `carried_score_anchors`, logits), and by how much A's best logit beats
+        its target logit on the target images (`a_margin_target`: what alpha times the score must overcome)."""
+        from sklearn.metrics import roc_auc_score
+
+        score_t = penultimate(ctx.model_a, positives).double() @ weight + intercept
+        score_n = penultimate(ctx.model_a, anchors).double() @ weight + intercept
+        labels = [1] * len(score_t) + [0] * len(score_n)
+        ctx.report("carried_auc", roc_auc_score(labels, torch.cat([score_t, score_n]).numpy()))
+        ctx.report("carried_score_target", float(score_t.mean()))
+        ctx.report("carried_score_anchors", float(score_n.mean()))
+        logits = ctx.model_a.logits_of(positives, 1024, ctx.device)
+        target = ctx.concept.target
+        ctx.report("a_margin_target", float((logits.max(1).values - logits[:, target]).mean()))
 
     @staticmethod
     def _edit(ctx, alpha: float, weight: torch.Tensor, intercept: float):
