@@ -770,12 +770,12 @@ def _transfer_legend(comparison: Comparison) -> list[str]:
     ]
 
 
-def table_lines(headers: list[str], cells: list[tuple[str, list[str]]]) -> list[str]:
-    """A text table: a `metric` column of row labels, then one right-aligned column per header, a rule under the
-    header line. `cells`: (label, one cell per header) per row."""
+def table_lines(headers: list[str], cells: list[tuple[str, list[str]]], label_header: str = "metric") -> list[str]:
+    """A text table: a column of row labels headed `label_header`, then one right-aligned column per header, a
+    rule under the header line. `cells`: (label, one cell per header) per row."""
     width = max([len(h) for h in headers] + [len(c) for _, group in cells for c in group])
-    label_width = max([len(label) for label, _ in cells] + [len("metric")])
-    header = f"{'metric':<{label_width}}" + "".join(f" | {h:>{width}}" for h in headers)
+    label_width = max([len(label) for label, _ in cells] + [len(label_header)])
+    header = f"{label_header:<{label_width}}" + "".join(f" | {h:>{width}}" for h in headers)
     rows = [f"{label:<{label_width}}" + "".join(f" | {c:>{width}}" for c in group) for label, group in cells]
     return [header, "-" * len(header), *rows]
 

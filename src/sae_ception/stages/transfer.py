@@ -123,7 +123,8 @@ def measure_both(ctx: RunContext, model: Classifier, base: dict | None = None) -
     The validation measures are what a choice between settings (e.g. procrustes_probe's alpha) may look at;
     the test measures are reported. Validation measures are {} when the run has no validation split."""
     both = []
-    for split, reference in zip(SPLITS, (base or {}).get("splits", (None, None))):
+    for split in SPLITS:
+        reference = (base or {}).get(split)
         measured = measure(ctx, model, split) if len(getattr(ctx.splits, split).y) else {}
         if measured and reference:
             measured["preservation_change"] = measured["preservation"] - reference["preservation"]
@@ -133,7 +134,7 @@ def measure_both(ctx: RunContext, model: Classifier, base: dict | None = None) -
 
 def source_measures(ctx: RunContext, model: Classifier, classes: list[int]) -> dict:
     """A or B measured like an edited model, on the test and validation splits, plus its accuracy on its own
-    classes (`own_accuracy`): {"test": {...}, "val": {...}, "splits": (test, val)}."""
+    classes (`own_accuracy`): {"test": {...}, "val": {...}}."""
     out = {}
     for split in SPLITS:
         data = getattr(ctx.splits, split)
@@ -142,7 +143,6 @@ def source_measures(ctx: RunContext, model: Classifier, classes: list[int]) -> d
             continue
         out[split] = measure(ctx, model, split)
         out[split]["own_accuracy"] = accuracy_on(predictions(ctx, model, split), data.y, list(classes))
-    out["splits"] = (out["test"], out["val"])
     return out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from sae_ception.evaluation.compare import table_lines
+
 
 def _fraction(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
@@ -44,8 +46,5 @@ def format_transfer_table(summary: dict) -> str:
         "each method used, whether it used target labels, its optimiser steps, A's parameters it changed",
     ]
     lines += [f"warning: {warning}" for warning in summary.get("warnings", [])]
-    rows = [COLUMNS, *transfer_rows(summary)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    rendered = [" | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                for row in rows]
-    return "\n".join([*lines, rendered[0], "-" * len(rendered[0]), *rendered[1:]])
+    cells = [(row[0], row[1:]) for row in transfer_rows(summary)]
+    return "\n".join([*lines, *table_lines(COLUMNS[1:], cells, label_header=COLUMNS[0])])
