@@ -38,6 +38,10 @@ MEASURES = ("transfer", "preservation", "preservation_change", "specificity")
 BUDGET = ("target_images", "target_labels", "other_images", "validation_images", "gradient_steps",
           "parameters_changed")
 
+# the weight-surgery methods and their baselines (the SAE concept-space methods: benchmarks/bench_concept_space.py)
+METHODS = ("none", "joint", "copy_head", "procrustes_probe", "procrustes_probe_tuned", "activation_transplant",
+           "cascade", "cascade_isolated", "finetune_head", "finetune_replay")
+
 # What ../shared/reference/concept-injection-framework.md ("Results Summary", "Expected Output") claims for the
 # same-architecture surgery ladder on its MegaNN pair: (transfer, preservation, specificity) as printed there.
 CLAIMS = {
@@ -146,7 +150,7 @@ def main() -> None:
         raise SystemExit(f"--data {args.data}: no such folder; give the MNIST IDX folder (../shared/data/mnist)")
     seeds = ",".join(map(str, range(args.seeds)))
     common = [f"seed={seeds}", "dataset=mnist", f"dataset.path={args.data.resolve()}", f"model@model_a={args.model}",
-              f"model@model_b={args.model}"]
+              f"model@model_b={args.model}", f"concept.methods=[{','.join(METHODS)}]"]
     started = time.perf_counter()
     main_seconds = sweep(args.out / "methods", common, args.jobs)
     depths = ",".join(map(str, args.epochs))

@@ -23,7 +23,7 @@ from sae_ception.config import closest, parse_config
 from sae_ception.config_file import read_run_config
 from sae_ception.entrypoints import ENTRYPOINTS
 from sae_ception.errors import ArtifactError, ConfigError, DivergenceError, SAECeptionError
-from sae_ception.run import RunContext, check_artifacts, check_resumable
+from sae_ception.run import RunContext, check_artifacts, check_resumable, resume_neutral
 from sae_ception.run_folder import ClaimSweepFolder, RunFolderClaim
 from sae_ception.utils.device import make_accelerator, set_threads
 from sae_ception.utils.distributed import (check_batch_sizes, describe_processes, process_rank,
@@ -388,7 +388,10 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
         models = ctx.layout.model_cycles()
         reuse = f"; inputs.model={ctx.layout.model(models[-1])} starts it from this run's model {models[-1]}" if models else ""
         if process_rank() == 0:  # found on every process alike (training losses are reduced across processes)
-            log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
+            if resume_neutral(ctx.cfg, str(ex).split("=", 1)[0]):  # e.g. a transfer run's sae.lr: same folder
+                log.error("error: %s (rerun the same command with the new value: this folder keeps what is done)", ex)
+            else:
+                log.error("error: %s (in a new run_dir: this one records the old value%s)", ex, reuse)
         exit_refused()
     except SAECeptionError as ex:
         _drop_empty_sweep_job_folder()

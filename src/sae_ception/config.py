@@ -212,6 +212,10 @@ class Config(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not SAE_TYPES.get(self.sae.type).linear_decoder:
+            raise ConfigError(f"sae={self.sae.type} has no linear decoder, so no latent has a decoder direction for "
+                              "sharpening and feature reports to read; it is for scripts/transfer_concept.py. Use "
+                              "sae=relu, topk, batchtopk, jumprelu or paper_relu here")
         self.sae.validate_for(self.model.target_width())
         self.sharpening.validate_for(self.sae.width(self.model.target_width()))
         if len(self.cycle.aux_loss_weights) > 1 and self.dataset.val_fraction == 0:

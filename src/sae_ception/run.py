@@ -88,6 +88,10 @@ class RunLayout:
         """The copy of A a transfer method made."""
         return self.root / "checkpoints" / f"edited_{method}"
 
+    def concept_sae(self, which: str) -> Path:
+        """Model A's or B's SAE on its penultimate features (transfer/concepts.py), shared by the SAE-based methods."""
+        return self.root / "checkpoints" / f"sae_{which}"
+
     def method_result(self, method: str) -> Path:
         """One transfer method's measures, budget and settings (written when it finishes: resume skips it)."""
         return self.root / "results" / "methods" / f"{method}.json"
@@ -104,13 +108,22 @@ class RunLayout:
         return any((self.root / sub).exists() for sub in ("checkpoints", "activations", "results"))
 
 
-def without_neutral(tree: dict, prefix: tuple = ()) -> dict:
+def resume_neutral(cfg, setting: str) -> bool:
+    """Whether a resume of a run of `cfg`'s type may change `setting` (dotted, e.g. "sae.lr"): it or a section
+    holding it is in RESUME_NEUTRAL or the config type's own RESUME_NEUTRAL."""
+    parts = tuple(setting.strip().split("."))
+    neutral = RESUME_NEUTRAL | set(getattr(cfg, "RESUME_NEUTRAL", ()))
+    return any(parts[:n] in neutral for n in range(1, len(parts) + 1))
+
+
+def without_neutral(tree: dict, prefix: tuple = (), neutral: frozenset = frozenset()) -> dict:
+    """`tree` without the settings a resume may change (RESUME_NEUTRAL, and the config's own `neutral`)."""
     out = {}
     for key, value in tree.items():
         path = (*prefix, key)
-        if path in RESUME_NEUTRAL:
+        if path in RESUME_NEUTRAL or path in neutral:
             continue
-        out[key] = without_neutral(value, path) if isinstance(value, dict) else value
+        out[key] = without_neutral(value, path, neutral) if isinstance(value, dict) else value
     return out
 
 
@@ -133,8 +146,9 @@ def check_resumable(layout: RunLayout, cfg: Config) -> None:
         )
     if not layout.config.is_file():
         raise ConfigError(f"{layout.root} holds artifacts but no config.yaml; use a new run_dir")
-    old = without_neutral(read_run_config(layout.config))
-    new = without_neutral(asdict(cfg))
+    neutral = frozenset(getattr(cfg, "RESUME_NEUTRAL", ()))  # a config type's own (e.g. a transfer run's SAEs)
+    old = without_neutral(read_run_config(layout.config), neutral=neutral)
+    new = without_neutral(asdict(cfg), neutral=neutral)
     diffs = differences(old, new)
     if diffs:
         raise ConfigError(

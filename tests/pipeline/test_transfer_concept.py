@@ -48,7 +48,9 @@ def test_default_run_on_digits(tmp_path):
     summary = results(run_dir)
     methods = summary["methods"]
     assert list(methods) == ["none", "joint", "copy_head", "procrustes_probe", "procrustes_probe_tuned",
-                             "activation_transplant", "cascade", "cascade_isolated", "finetune_head", "finetune_replay"]
+                             "activation_transplant", "cascade", "cascade_isolated", "finetune_head", "finetune_replay",
+                             "sae_splice", "sae_injection", "preserved_injection", "vector_space", "cross_arch_aligner",
+                             "aligned_spatial"]
     for name, result in methods.items():
         m = result["measures"]
         for measure in ("transfer", "preservation", "specificity"):
@@ -57,8 +59,7 @@ def test_default_run_on_digits(tmp_path):
         assert (run_dir / "checkpoints" / f"edited_{name}" / "config.json").is_file()
     none, joint, copy = methods["none"], methods["joint"], methods["copy_head"]
     assert none["budget"] == {"target_images": 0, "target_labels": False, "other_images": 0, "validation_images": 0,
-                              "gradient_steps": 0,
-                              "parameters_changed": 0}
+                              "gradient_steps": 0, "parameters_changed": 0, "parameters_added": 0}
     assert none["measures"]["preservation_change"] == 0.0
     assert joint["budget"]["target_labels"] and joint["budget"]["gradient_steps"] > 0
     assert joint["measures"]["transfer"] > 0.8  # the ceiling learns the target from all its labelled images
@@ -180,7 +181,8 @@ def test_every_method_is_one_class_and_one_yaml_loaded_by_default():
     assert sorted(cfg.concept.methods) == yamls  # the default run compares every method
     for name in yamls:
         expected = name if name in TRANSFER_METHODS else {"cascade_isolated": "cascade",
-                                                          "procrustes_probe_tuned": "procrustes_probe"}[name]
+                                                          "procrustes_probe_tuned": "procrustes_probe",
+                                                          "sae_splice": "sae_injection"}[name]
         assert cfg.transfer[name].type == expected
 
 

@@ -7,6 +7,10 @@ import torch
 from sae_ception.sae import SAE_TYPES, build_sae
 
 
+# the types whose decode is linear (W_dec_FD, b_dec_D, ...): the contracts of those parameters apply to these only
+LINEAR_SAE_TYPES = [name for name in SAE_TYPES.names() if SAE_TYPES.get(name).linear_decoder]
+
+
 def make_config(sae_type: str, **overrides):
     """The registered config class of `sae_type`, small enough for a unit test."""
     settings = {"d_sae": 32, "epochs": 1, "batch_size": 64, "log_every": 1, **overrides}

@@ -77,7 +77,7 @@ def test_finetune_head_changes_only_the_target_row():
     a = _model_a()
     before = copy.deepcopy(a.state_dict())
     edited, _ = _apply("finetune_head", model_a=a)
-    assert parameters_changed(a, edited) == WIDTH + 1
+    assert parameters_changed(a, edited) == (WIDTH + 1, 0)
     state = edited.state_dict()
     for key, value in before.items():
         if key.startswith("head."):
@@ -92,7 +92,7 @@ def test_finetune_head_changes_only_the_target_row():
 def test_finetune_replay_may_change_every_parameter():
     a = _model_a()
     edited, _ = _apply("finetune_replay", model_a=a)
-    assert parameters_changed(a, edited) > WIDTH + 1
+    assert parameters_changed(a, edited)[0] > WIDTH + 1
     assert not torch.equal(edited.blocks[0][0].weight, a.blocks[0][0].weight)
     assert not torch.equal(edited.head.weight[:TARGET], a.head.weight[:TARGET])
 
@@ -103,7 +103,7 @@ def test_budget_is_exact(name, replay_per_class, other):
     _, ctx = _apply(name, target_images=7, steps=4, target_batch=3, replay_batch=12, replay_per_class=replay_per_class)
     assert ctx.budget.as_dict() == {"target_images": 7, "target_labels": True, "other_images": other,
                                     "validation_images": 0, "gradient_steps": 4,
-                                    "parameters_changed": 0}  # the stage fills the last
+                                    "parameters_changed": 0, "parameters_added": 0}  # the stage fills the last two
 
 
 @pytest.mark.parametrize("name", METHODS)

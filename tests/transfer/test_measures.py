@@ -91,13 +91,13 @@ def _module() -> nn.Module:
 def test_parameters_changed_counts_scalars_and_buffers():
     a = _module()
     edited = copy.deepcopy(a)
-    assert parameters_changed(a, edited) == 0
+    assert parameters_changed(a, edited) == (0, 0)
     with torch.no_grad():
         edited[0].weight[0, 1] += 1.0
         edited[0].bias[1] = -5.0
         edited[1].running_mean[0] = 0.5  # a buffer
-    assert parameters_changed(a, edited) == 3
-    assert parameters_changed(a, a) == 0
+    assert parameters_changed(a, edited) == (3, 0)
+    assert parameters_changed(a, a) == (0, 0)
 
 
 def test_parameters_changed_refuses_another_architecture():
@@ -231,7 +231,7 @@ def test_copy_head_on_identical_models_reproduces_b_exactly():
     edited = _copy_head(a, b)
     x = torch.randn(20, 1)
     assert torch.equal(edited(x)[:, 4], b(x)[:, 4])
-    assert parameters_changed(a, edited) == 0
+    assert parameters_changed(a, edited) == (0, 0)
 
 
 def test_copy_head_with_a_different_head_gives_b_target_logits():
@@ -250,7 +250,7 @@ def test_copy_head_on_different_models_changes_exactly_the_target_row():
     a, b = _mlp(0), _mlp(1)
     before = copy.deepcopy(a.state_dict())
     edited = _copy_head(a, b)
-    assert parameters_changed(a, edited) == WIDTH + 1
+    assert parameters_changed(a, edited) == (WIDTH + 1, 0)
     assert torch.equal(edited.head.weight[4], b.head.weight[4]) and torch.equal(edited.head.bias[4], b.head.bias[4])
     state = edited.state_dict()
     for key, value in before.items():

@@ -171,6 +171,6 @@ def test_a_method_that_edits_a_or_b_in_place_is_refused(tmp_path, monkeypatch, w
         return ctx.copy_of_a()
 
     monkeypatch.setattr(NoTransfer, "apply", edits_in_place)
-    with pytest.raises(RuntimeError, match="transfer method none changed model A or B in place; it must edit a copy"):
+    with pytest.raises(RuntimeError, match=r"transfer method none changed model A or B \(or an SAE\) in place; it must edit a copy"):
         run(tmp_path / "run", ["none"])
     assert not (tmp_path / "run" / "results" / "methods" / "none.json").exists()

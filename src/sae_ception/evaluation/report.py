@@ -28,7 +28,10 @@ DIRECTIONS = {
     # method used, not a score (`gradient_steps` is also the auxiliary family's step count: no direction there either)
     "transfer": 1, "preservation": 1, "preservation_change": 1, "specificity": -1,
     "target_images": 0, "target_labels": 0, "other_images": 0, "gradient_steps": 0, "parameters_changed": 0,
+    "parameters_added": 0,
     "procrustes_residual": -1,  # diagnostics: ||H_B R - H_A|| / ||H_A|| of an alignment, lower = better aligned
+    "procrustes_residual_images": -1, "aligner_residual": -1,  # the same on every image's codes; of the aligner
+    "cka_features": 1, "cka_concepts": 1,  # linear CKA of A's and B's representations of the shared classes
     "carried_auc": 1,  # diagnostics: how well a carried probe separates the target in A's features
 }
 ABSOLUTE = {"spliced_accuracy_drop"}

@@ -18,7 +18,7 @@ from sae_ception.evaluation.probes import linear_probe_accuracy
 @torch.no_grad()
 def encode_all(sae, acts_ND: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """SAE codes of every row, on the CPU (computed in batches on the SAE's device)."""
-    device = sae.W_dec_FD.device
+    device = next(sae.parameters()).device
     return torch.cat([sae.encode(chunk.to(device)).float().cpu() for chunk in acts_ND.split(batch_size)])
 
 

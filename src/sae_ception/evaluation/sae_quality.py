@@ -25,7 +25,7 @@ def explained_variance(sse: float, spread: float, sum_sq: float) -> float:
 
 def _batches(sae, acts_ND: Tensor, batch_size: int):
     """Yield (x_BD, codes_BF, recon_BD) on the SAE's device, in the SAE's dtype."""
-    param = sae.W_dec_FD
+    param = next(sae.parameters())
     for x_BD in acts_ND.split(batch_size):
         x_BD = x_BD.to(device=param.device, dtype=param.dtype)
         codes_BF = sae.encode(x_BD)
@@ -47,7 +47,7 @@ def sae_quality(sae, acts_ND: Tensor, batch_size: int = 4096) -> dict[str, float
     n, d_in = acts_ND.shape
     if n == 0:
         raise ValueError("sae_quality needs at least one activation row")
-    device, f64 = sae.W_dec_FD.device, torch.float64
+    device, f64 = next(sae.parameters()).device, torch.float64
     mean_D = (acts_ND.sum(0, dtype=f64) / n).to(device)
     sse, sse_norm, spread, sum_sq, l0, l1 = (torch.zeros((), dtype=f64, device=device) for _ in range(6))
     fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)

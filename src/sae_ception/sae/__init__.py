@@ -1,6 +1,6 @@
 """Sparse autoencoders behind a registry keyed by `sae.type`; importing this package registers every variant."""
 
-from sae_ception.sae import batchtopk, jumprelu, paper_relu, relu, topk  # noqa: F401  (registers the variants)
+from sae_ception.sae import batchtopk, concept_autoencoder, jumprelu, paper_relu, relu, topk  # noqa: F401  (registers the variants)
 from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, build_sae, load_sae
 from sae_ception.sae.registry import SAE_TYPES
 from sae_ception.sae.relu import ReluSAE, ReluSAEConfig

@@ -117,6 +117,7 @@ class SparseAutoencoder(nn.Module):
     registry_name = "base"  # set by @SAE_TYPES.register
     unit_decoder_rows: ClassVar[bool] = True  # decoder rows are kept at unit norm during and after training
     data_fitted_init: ClassVar[bool] = True  # b_dec starts at the data mean and the encoder scale is fitted to the data
+    linear_decoder: ClassVar[bool] = True  # decode is codes @ W_dec_FD + b_dec: each latent has a decoder direction
 
     def __init__(self, cfg: SAEConfig, d_in: int):
         super().__init__()

@@ -20,10 +20,11 @@ from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.models import Classifier, load_model, save_model
 from sae_ception.run import RunContext
 from sae_ception.transfer.base import TRANSFER_METHODS, TransferMethod
+from sae_ception.transfer.concepts import check_saved_saes, concept_saes
 from sae_ception.transfer.config import TransferConfig
 from sae_ception.transfer.context import TransferContext
 from sae_ception.transfer.data import TransferData
-from sae_ception.transfer.measures import (BUDGET_ITEMS, MEASURES, accuracy_on, parameters_changed,
+from sae_ception.transfer.measures import (ADDED_LATER, BUDGET_ITEMS, MEASURES, accuracy_on, parameters_changed,
                                            transfer_measures)
 from sae_ception.transfer.report import format_transfer_table
 from sae_ception.transfer.training import new_classifier, train_on_classes
@@ -39,6 +40,10 @@ def _data(ctx: RunContext) -> TransferData:
 
 def _methods(cfg: TransferConfig) -> list[TransferMethod]:
     return [TRANSFER_METHODS.get(settings.type)(name, settings) for name, settings in cfg.methods()]
+
+
+def _uses_saes(cfg: TransferConfig) -> bool:
+    return any(method.uses_concept_saes for method in _methods(cfg))
 
 
 def transfer_preflight(ctx: RunContext) -> None:
@@ -62,6 +67,9 @@ def transfer_preflight(ctx: RunContext) -> None:
                           "(dataset.max_train_examples, dataset.test_fraction)")
     for method in _methods(cfg):
         method.preflight(data)
+    if _uses_saes(cfg):  # B's SAE trains on the run's k target images
+        data.require_target_images("concept.target_images", concept.target_images, " (the images B's SAE trains on)")
+        check_saved_saes(ctx)
     check_saved_results(ctx)
     for which in ("a", "b"):  # a model this folder already holds must fit its settings (resume)
         path = ctx.layout.source_model(which)
@@ -162,7 +170,14 @@ def weak_models(concept, base: dict, source: dict) -> list[str]:
     return warnings
 
 
-def _state_digest(model: Classifier) -> str:
+def _digests(model_a: Classifier, model_b: Classifier, saes=None) -> dict:
+    digests = {"a": _state_digest(model_a), "b": _state_digest(model_b)}
+    if saes is not None:
+        digests.update(sae_a=_state_digest(saes.sae_a), sae_b=_state_digest(saes.sae_b))
+    return digests
+
+
+def _state_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for key, value in model.state_dict().items():
         digest.update(key.encode())
@@ -183,26 +198,34 @@ def sample_seed(ctx: RunContext) -> int:
     return stage_seed(ctx.cfg.seed, 1, "transfer")
 
 
+def method_digests(method: TransferMethod, digests: dict) -> dict:
+    """The weights a method's result depends on: A's and B's, and the SAEs' for a method that reads them."""
+    keys = ("a", "b", "sae_a", "sae_b") if method.uses_concept_saes else ("a", "b")
+    return {key: digests[key] for key in keys}
+
+
 def run_method(ctx: RunContext, method: TransferMethod, model_a: Classifier, model_b: Classifier,
-               base: dict, digests: dict) -> dict:
-    """Apply one method to a copy of A, measure it and record its budget; A and B must come back unchanged
-    (their weights' `digests`, {"a", "b"}, are taken once per run)."""
+               base: dict, digests: dict, saes=None) -> dict:
+    """Apply one method to a copy of A, measure it and record its budget; A and B (and the SAEs) must come back
+    unchanged (their weights' `digests`, {"a", "b"[, "sae_a", "sae_b"]}, are taken once per run)."""
     generator = seed_everything(method_seed(ctx))
-    tctx = TransferContext(ctx, method.name, method.cfg, model_a, model_b, _data(ctx), generator, sample_seed(ctx))
+    tctx = TransferContext(ctx, method.name, method.cfg, model_a, model_b, _data(ctx), generator, sample_seed(ctx),
+                           saes=saes if method.uses_concept_saes else None)
     with ctx.timed(f"transfer/{method.name}", 0):
         edited = method.apply(tctx)
-    if {"a": _state_digest(model_a), "b": _state_digest(model_b)} != digests:
-        raise RuntimeError(f"transfer method {method.name} changed model A or B in place; it must edit a copy")
+    if _digests(model_a, model_b, saes) != digests:
+        raise RuntimeError(f"transfer method {method.name} changed model A or B (or an SAE) in place; it must edit "
+                           "a copy")
     edited = edited.cpu().eval()
     budget = tctx.budget
-    budget.parameters_changed = parameters_changed(model_a, edited)
+    budget.parameters_changed, budget.parameters_added = parameters_changed(model_a, edited)
     measures, validation = measure_both(ctx, edited, base)
     if ctx.cfg.concept.save_edited:
         save_model(edited, ctx.layout.edited_model(method.name), extra={"stage": f"transfer/{method.name}"})
     elif ctx.layout.edited_model(method.name).exists():  # an earlier computation's, which no longer matches
         shutil.rmtree(ctx.layout.edited_model(method.name))
     return {"method": method.name, "type": method.cfg.type, "settings": asdict(method.cfg),
-            "models": dict(digests), "measures": measures, "validation": validation,
+            "models": method_digests(method, digests), "measures": measures, "validation": validation,
             "budget": budget.as_dict(), "target_image_indices": tctx.target_indices, "diagnostics": tctx.diagnostics}
 
 
@@ -224,6 +247,8 @@ def _damage(saved) -> str | None:
         if not (isinstance(value, list) if name == "confusion" else _number(value)):
             return f"measures.{name} is {json.dumps(value)}, not {'a matrix' if name == 'confusion' else 'a number'}"
     for name in BUDGET_ITEMS:
+        if name in ADDED_LATER and name not in saved["budget"]:
+            continue  # an earlier version's result: recomputed (_older_format)
         value = saved["budget"].get(name)
         if not _number(value, allow_bool=name == "target_labels"):
             return f"budget.{name} is {json.dumps(value)}, not a number"
@@ -233,6 +258,7 @@ def _damage(saved) -> str | None:
 def _older_format(saved: dict) -> str | None:
     """Why a sound result from an earlier version of this product lacks what a reuse checks (None: it does not)."""
     missing = [key for key in ("models", "validation", "diagnostics") if key not in saved]
+    missing += [f"budget.{key}" for key in ADDED_LATER if key not in saved["budget"]]
     return f"it was written by an earlier version (no {', '.join(missing)})" if missing else None
 
 
@@ -266,8 +292,8 @@ def _saved_result(ctx: RunContext, method: TransferMethod, digests: dict) -> dic
     why = _older_format(saved)
     if why is None and saved["settings"] != asdict(method.cfg):
         why = "its settings changed since it was written"
-    if why is None and saved["models"] != digests:
-        why = "it was made with other weights of model A or B"
+    if why is None and saved["models"] != method_digests(method, digests):
+        why = "it was made with other weights of model A or B (or their SAEs)"
     if why is None and ctx.cfg.concept.save_edited and not checkpoint_exists(ctx.layout.edited_model(method.name)):
         why = f"{ctx.layout.edited_model(method.name)} is missing"
     if why is not None:
@@ -288,11 +314,16 @@ def run_transfer(ctx: RunContext) -> dict:
     warnings = weak_models(cfg.concept, base, source)
     for warning in warnings:
         log.warning("%s", warning)
-    results, digests = {}, {"a": _state_digest(model_a), "b": _state_digest(model_b)}
+    saes = None
+    if _uses_saes(cfg):
+        with ctx.timed("concept_saes", 0):
+            saes = concept_saes(ctx, model_a, model_b, sample_seed(ctx))
+        warnings += saes.warnings
+    results, digests = {}, _digests(model_a, model_b, saes)
     for method in _methods(cfg):
         result = _saved_result(ctx, method, digests)
         if result is None:
-            result = run_method(ctx, method, model_a, model_b, base, digests)
+            result = run_method(ctx, method, model_a, model_b, base, digests, saes)
             write_json(ctx.layout.method_result(method.name), result)
         results[method.name] = result
         log.info("transfer/%s: transfer %.4f, preservation %.4f, specificity %.4f", method.name,

@@ -6,7 +6,7 @@ or B themselves (the stage checks that after every method)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from sae_ception.transfer.config import TRANSFER_METHODS, TransferMethodConfig
 
@@ -22,6 +22,7 @@ class TransferMethod:
     what depends on the data (e.g. enough target-class images) before anything is trained."""
 
     config_class = TransferMethodConfig
+    uses_concept_saes: ClassVar[bool] = False  # reads A's and B's SAEs (the run trains them once, before it runs)
 
     def __init__(self, name: str, cfg: TransferMethodConfig):
         self.name = name  # the key of `transfer` this method runs as (its YAML's name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import DictConfig
 
@@ -21,6 +21,7 @@ from sae_ception.data import DATASETS, DatasetConfig
 from sae_ception.errors import ConfigError
 from sae_ception.models import MODELS, ModelConfig
 from sae_ception.registry import Registry
+from sae_ception.sae import SAE_TYPES, SAEConfig
 
 TRANSFER_METHODS: Registry = Registry("transfer method", "transfer.<name>.type")
 
@@ -45,6 +46,7 @@ class ConceptConfig:
     distractor: int = 5  # specificity: the fraction of its test images the edited A calls `target` (lower is better)
     methods: List[str] = field(default_factory=lambda: ["none"])  # keys of `transfer`, in order (YAML: all of them)
     target_images: int = 100  # k: labelled target-class training images a method may use (methods' default)
+    sae_images_per_class: Optional[int] = None  # the SAEs' training images per class (None: all; transfer/concepts.py)
     save_edited: bool = True  # keep each edited copy of A as checkpoints/edited_<method>
 
     @property
@@ -85,6 +87,9 @@ class ConceptConfig:
         if self.target_images < 1:
             raise ConfigError(f"concept.target_images={self.target_images} must be a positive integer (labelled "
                               "target-class images a method may use)")
+        if self.sae_images_per_class is not None and self.sae_images_per_class < 1:
+            raise ConfigError(f"concept.sae_images_per_class={self.sae_images_per_class} must be a positive integer, "
+                              "or null for every training image of each class")
 
 
 @dataclass
@@ -95,9 +100,14 @@ class TransferConfig(CommonSettings):
     model_a: ModelConfig = None  # type: ignore[assignment]
     model_b: ModelConfig = None  # type: ignore[assignment]
     concept: ConceptConfig = field(default_factory=ConceptConfig)
+    sae: SAEConfig = None  # type: ignore[assignment]  # the SAE of each model's penultimate features (concepts.py)
     transfer: Dict[str, Any] = field(default_factory=dict)  # method name -> its TransferMethodConfig
     wandb: WandbConfig = field(default_factory=WandbConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+    # a resume may change these: the SAEs record what they were trained on and with which settings, and are trained
+    # again when either changed; the SAE methods' results record the SAEs' weights and are then recomputed
+    RESUME_NEUTRAL: ClassVar[tuple] = (("sae",), ("concept", "sae_images_per_class"))
 
     @property
     def model(self) -> ModelConfig:
@@ -128,6 +138,13 @@ class TransferConfig(CommonSettings):
                                   f"it to the `transfer:` list of configs/transfer_concept.yaml (or give +transfer={name})")
             raise ConfigError(f"concept.methods: {name!r} is not a configured transfer method"
                               f"{closest(name, list(self.transfer))} (valid: {', '.join(self.transfer)})")
+        if self.sae is not None:
+            for group in ("model_a", "model_b"):
+                width = getattr(self, group).hidden_sizes[-1]
+                try:
+                    self.sae.validate_for(width)
+                except ConfigError as ex:
+                    raise ConfigError(f"{ex} (for {group}'s {width}-wide penultimate features)") from None
         for name, method in self.methods():
             method.validate_for(name, self)
 
@@ -146,6 +163,8 @@ def parse_transfer_config(cfg: DictConfig) -> TransferConfig:
 
     container = config_container(cfg)
     dataset = registered_section("dataset", DATASETS, "name", container.pop("dataset", None))
+    sae = container.pop("sae", None)
+    sae = registered_section("sae", SAE_TYPES, "type", sae) if sae is not None else None
     models = {group: _model_section(group, container.pop(group, None)) for group in ("model_a", "model_b")}
     methods = {}
     for name, values in (container.pop("transfer", None) or {}).items():
@@ -156,4 +175,4 @@ def parse_transfer_config(cfg: DictConfig) -> TransferConfig:
     sections = {group: typed_section(group, schema, container.pop(group, None) or {})
                 for group, schema in (("concept", ConceptConfig), ("wandb", WandbConfig), ("paths", PathsConfig))}
     settings = typed_section("", CommonSettings, container)
-    return TransferConfig(dataset=dataset, **models, transfer=methods, **sections, **vars(settings))
+    return TransferConfig(dataset=dataset, **models, sae=sae, transfer=methods, **sections, **vars(settings))

@@ -16,11 +16,12 @@ import torch
 from sae_ception.data import Split
 from sae_ception.models import Classifier
 from sae_ception.transfer.config import ConceptConfig, TransferMethodConfig
-from sae_ception.transfer.data import TransferData
+from sae_ception.transfer.data import TransferData, class_order
 from sae_ception.transfer.measures import Budget
 
 if TYPE_CHECKING:
     from sae_ception.run import RunContext
+    from sae_ception.transfer.concepts import ConceptSAEs
 
 
 class TransferContext:
@@ -29,7 +30,7 @@ class TransferContext:
 
     def __init__(self, run: "RunContext", name: str, settings: TransferMethodConfig, model_a: Classifier,
                  model_b: Classifier, data: TransferData, generator: torch.Generator,
-                 sample_seed: Optional[int] = None):
+                 sample_seed: Optional[int] = None, saes: Optional["ConceptSAEs"] = None):
         self.run = run  # the RunContext: accelerator, config, progress settings (for training helpers)
         self.name = name
         self.settings = settings
@@ -44,6 +45,7 @@ class TransferContext:
         # which images a method gets: a fixed order of each class's training images, the same for every method of
         # the run (k target images are the same k whichever method asks, and the first k of any larger request)
         self.sample_seed = int(generator.initial_seed() if sample_seed is None else sample_seed)
+        self._saes = saes  # the run's SAEs (transfer/concepts.py), for methods with uses_concept_saes
 
     @property
     def concept(self) -> ConceptConfig:
@@ -71,9 +73,7 @@ class TransferContext:
 
     def _class_order(self, cls: int) -> torch.Tensor:
         """Class `cls`'s training-image positions in the run's fixed random order (independent of the method)."""
-        pool = self._data.indices("train", cls)
-        order = torch.Generator().manual_seed(self.sample_seed * 1009 + cls)
-        return pool[torch.randperm(len(pool), generator=order)]
+        return class_order(self._data, cls, self.sample_seed)
 
     def target_images(self, k: int, setting: str = "target_images") -> torch.Tensor:
         """k training images of the target class (k, D), in position order: the first k of the run's fixed
@@ -108,6 +108,23 @@ class TransferContext:
         self._seen_val.update(int(i) for i in indices)
         self.budget.validation_images = len(self._seen_val)
         return Split(val.x[indices], val.y[indices])
+
+    def concept_saes(self) -> "ConceptSAEs":
+        """A's and B's SAEs (frozen; transfer/concepts.py). What they were trained on is counted as seen by this
+        method (A's classes' images, B's other classes' images, and the same k target images every method gets,
+        with their labels), and their training steps are added to its steps (diagnostics `steps_sae`)."""
+        if self._saes is None:
+            raise RuntimeError(f"transfer method {self.name} reads the run's SAEs but its class does not declare "
+                               "uses_concept_saes = True")
+        for which in ("a", "b"):
+            chosen = self._saes.images[which]
+            self.class_images(chosen.classes, chosen.per_class)
+            if chosen.target_images:
+                self.target_images(chosen.target_images, setting="target_images")
+        steps = sum(self._saes.steps.values())
+        self.add_steps(steps)
+        self.report("steps_sae", steps)
+        return self._saes
 
     @property
     def target_indices(self) -> list[int]:

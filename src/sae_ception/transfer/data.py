@@ -17,6 +17,14 @@ def restrict(split: Split, classes: list[int]) -> Split:
     return Split(split.x[keep], split.y[keep])
 
 
+def class_order(data: "TransferData", cls: int, sample_seed: int) -> torch.Tensor:
+    """Class `cls`'s training-image positions in the run's fixed random order (seeded by `sample_seed` and the
+    class alone): every method, and the SAEs of transfer/concepts.py, that asks for the first k gets the same k."""
+    pool = data.indices("train", cls)
+    order = torch.Generator().manual_seed(sample_seed * 1009 + cls)
+    return pool[torch.randperm(len(pool), generator=order)]
+
+
 @dataclass
 class TransferData:
     """The dataset's splits seen through the concept: which images each class has in each split."""

@@ -103,6 +103,18 @@ class _Passes:
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+def step_or_diverge(optimiser: torch.optim.Optimizer, diverged: Callable[[], Exception]) -> None:
+    """`optimiser.step()`, with the overflow an absurd learning rate causes inside torch's update (e.g. Adam's
+    lr / (1 − β₁) beyond float32 at lr 1e38, a RuntimeError "... without overflow") raised as `diverged()` (a
+    one-line DivergenceError naming the setting) instead."""
+    try:
+        optimiser.step()
+    except RuntimeError as ex:
+        if "overflow" not in str(ex):
+            raise
+        raise diverged() from None
+
+
 def _all_parameters(model: "Classifier", target: int) -> tuple[list[torch.Tensor], Forward, Callable[[], None]]:
     return list(model.parameters()), model, lambda: None
 
@@ -162,7 +174,7 @@ def finetune(ctx: "TransferContext", cfg: FinetuneConfig, scope: str) -> "Classi
             raise _diverged(ctx, cfg, f"at step {step} (loss {float(loss.detach())})")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
+        step_or_diverge(optimiser, lambda: _diverged(ctx, cfg, f"at step {step} (the update overflows)"))
     ctx.add_steps(cfg.steps)
     write_back()
     if not all(bool(torch.isfinite(p).all()) for p in edited.parameters()):

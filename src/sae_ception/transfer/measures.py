@@ -17,7 +17,8 @@ import torch
 
 MEASURES = ("transfer", "preservation", "specificity", "confusion")  # what transfer_measures returns, at least
 BUDGET_ITEMS = ("target_images", "target_labels", "other_images", "validation_images", "gradient_steps",
-                "parameters_changed")
+                "parameters_changed", "parameters_added")
+ADDED_LATER = ("parameters_added",)  # budget items a result of an earlier version lacks (it is recomputed)
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Budget:
     validation_images: int = 0  # distinct labelled validation images it read (e.g. to keep its best epoch)
     gradient_steps: int = 0  # optimiser steps it took (gradient or quasi-Newton iterations)
     parameters_changed: int = 0  # scalar parameters of the edited model that differ from A's
+    parameters_added: int = 0  # scalar parameters (and buffers) the edited model has beyond A's (an inserted editor)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,12 +67,16 @@ def transfer_measures(predictions: torch.Tensor, labels: torch.Tensor, classes_a
     }
 
 
-def parameters_changed(model_a: torch.nn.Module, edited: torch.nn.Module) -> int:
-    """Scalar parameters (and buffers) whose value differs between A and its edited copy (same architecture)."""
+def parameters_changed(model_a: torch.nn.Module, edited: torch.nn.Module) -> tuple[int, int]:
+    """(changed, added): scalar parameters (and buffers) of A whose value differs in its edited copy, and those
+    the edited copy has beyond A's (an inserted concept editor, its SAE included). ValueError when the copy
+    lacks one of A's tensors or changed its shape."""
     state_a, state_e = model_a.state_dict(), edited.state_dict()
-    if state_a.keys() != state_e.keys():
+    if not state_a.keys() <= state_e.keys() or any(state_a[k].shape != state_e[k].shape for k in state_a):
         raise ValueError("the edited model's parameters are not A's: a transfer method must edit a copy of A")
-    return int(sum((state_a[k].cpu() != state_e[k].cpu()).sum() for k in state_a))
+    changed = int(sum((state_a[k].cpu() != state_e[k].cpu()).sum() for k in state_a))
+    added = int(sum(state_e[k].numel() for k in state_e.keys() - state_a.keys()))
+    return changed, added
 
 
 def accuracy_on(predictions: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> float:

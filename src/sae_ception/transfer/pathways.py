@@ -132,7 +132,8 @@ def fit_alignment(h_b_ND: torch.Tensor, h_a_ND: torch.Tensor, center: bool = Fal
     b, a = h_b - mean_b, h_a - mean_a
     rotation, _ = orthogonal_procrustes(b.numpy(), a.numpy())
     rotation = torch.from_numpy(rotation)
-    residual = float(torch.linalg.norm(b @ rotation - a) / torch.linalg.norm(a).clamp_min(1e-12))
+    scale = float(torch.linalg.norm(a))
+    residual = float(torch.linalg.norm(b @ rotation - a)) / scale if scale > 0 else float("nan")  # A all zero: undefined
     return Alignment(rotation, mean_b, mean_a, residual)
 
 

@@ -16,7 +16,7 @@ def _signed(value: float) -> str:
 
 
 COLUMNS = ["method", "transfer ↑", "preservation ↑", "Δ vs A", "specificity ↓", "target imgs", "labels",
-           "other imgs", "val imgs", "steps", "params changed"]
+           "other imgs", "val imgs", "steps", "params changed", "params added"]
 
 
 def transfer_rows(summary: dict) -> list[list[str]]:
@@ -27,7 +27,7 @@ def transfer_rows(summary: dict) -> list[list[str]]:
         rows.append([name, _fraction(m["transfer"]), _fraction(m["preservation"]), _signed(m["preservation_change"]),
                      _fraction(m["specificity"]), str(b["target_images"]), "yes" if b["target_labels"] else "no",
                      str(b["other_images"]), str(b.get("validation_images", 0)), str(b["gradient_steps"]),
-                     str(b["parameters_changed"])])
+                     str(b["parameters_changed"]), str(b.get("parameters_added", 0))])
     return rows
 
 
@@ -43,7 +43,8 @@ def format_transfer_table(summary: dict) -> str:
         f"its classes {_fraction(b['own_accuracy'])}, class {concept['target']} recall {_fraction(b['transfer'])}",
         "transfer: target images called target; preservation: accuracy on A's classes; specificity: distractor "
         "images called target; budget: distinct training images (target / other) and labelled validation images "
-        "each method used, whether it used target labels, its optimiser steps, A's parameters it changed",
+        "each method used, whether it used target labels, its optimiser steps (SAEs' and aligners' included), A's "
+        "parameters it changed and those it added (an inserted concept editor, its SAE included)",
     ]
     lines += [f"warning: {warning}" for warning in summary.get("warnings", [])]
     cells = [(row[0], row[1:]) for row in transfer_rows(summary)]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 STAGE_IDS = {"data": 0, "baseline": 1, "sae": 2, "evaluate": 3, "sharpen": 4, "auxiliary": 5, "model_a": 6, "model_b": 7,
-             "transfer": 8}
+             "transfer": 8, "sae_a": 9, "sae_b": 10}
 
 
 def stage_seed(seed: int, cycle: int, stage: str) -> int:
