@@ -20,7 +20,9 @@ method's paired (by seed) difference from finetune_head with its interval, and a
 the methods report (Procrustes residual on the centroids and on every shared image's codes, the aligner's
 residual, linear CKA of A's and B's features and codes on the shared classes). Budgets are means over seeds.
 An ablation (--ablation-pair, default mega→mega) runs the SAE methods again with `head_row=b` (B's target output
-row copied into A: whether A's own, never-positive target row is what stops them); a sensitivity run
+row copied into A: whether A's own, never-positive target row is what stops them); a larger-budget run
+(--budget-pair, default mega→mega: LARGER_BUDGET, 300 steps at lr 0.05 with the edit fully on, finetune_head
+given the same 300 steps); a sensitivity run
 (--sensitivity-pair, default superwide → verydeep) repeats one pair with sae.l1_coefficient=0.005, since the
 reference's 0.05 leaves the concept autoencoder of 2048-wide features with no live latent. Writes OUT/concept_space.md
 and .json; goal on this 2-core machine: the whole benchmark under 20 minutes.
@@ -45,7 +47,18 @@ from bench_concept_transfer import BOUNDS, ROOT, SHARED_MNIST, interval, per_see
 from sae_ception.evaluation.paired import paired_difference  # noqa: E402
 
 METHODS = ("none", "finetune_head", "sae_splice", "sae_injection", "preserved_injection", "vector_space",
-           "cross_arch_aligner", "aligned_spatial")
+           "cross_arch_aligner", "aligned_spatial", "aligned_spatial_reachable", "aligned_spatial_no_b")
+EDITORS = ("preserved_injection", "vector_space", "cross_arch_aligner", "aligned_spatial", "aligned_spatial_reachable",
+           "aligned_spatial_no_b")
+# the larger budget: 300 Adam steps at lr 0.05 for every editor (finetune_head: 300 steps at its own lr), the edit
+# fully on from the start (the blend's w: ρ = σ(w) keeps A's features in vector_space and cross_arch_aligner, so
+# −5 there; b = p σ(w) applies the edit in aligned_spatial, so +5; r = σ(w) + 1 − p keeps A's in
+# preserved_injection, so −5), and the learned detector alone (spatial_weight 0: the spatial one fires on the
+# shared classes' own images)
+LARGER_BUDGET = ["transfer.finetune_head.steps=300",
+                 *[f"transfer.{m}.{k}" for m in EDITORS for k in ("steps=300", "lr=0.05")],
+                 *[f"transfer.{m}.blend_init={'5' if m.startswith('aligned') else '-5'}" for m in EDITORS],
+                 *[f"transfer.{m}.spatial_weight=0" for m in EDITORS if m != "preserved_injection"]]
 MEASURES = ("transfer", "preservation", "preservation_change", "specificity")
 PAIRS = ("mlp_mega:mlp_mega", "mlp_wide:mlp_wide", "mlp_wide:mlp_deep", "mlp_superwide:mlp_verydeep",
          "mlp_verydeep:mlp_superwide")  # A:B (B's concept goes into A); the reference's pairs
@@ -65,6 +78,8 @@ CLAIMS = {
                           "verydeep→superwide 28.2% / 94.5% (deep dive); 42.2% / 98.7% (framework 'Method 2')",
     "aligned_spatial": "87.4% / 97.2% (method 12, cross-architecture); up to 97.9% for very different "
                        "architectures (deep dive)",
+    "aligned_spatial_reachable": "control: no B (a code A's head calls the target)",
+    "aligned_spatial_no_b": "control: no B (A's mean shared code; training alone)",
 }
 DEPTH_CLAIM = ("network-surgery-deep-dive.md: 'fresh' models (6-8 epochs) 28.2-97.9% transfer, 10-15 epochs 87.4%, "
                "extensively trained models 0%: transfer falls with training depth")
@@ -134,14 +149,16 @@ def versus_baseline(runs: list[dict], baseline: str = "finetune_head") -> str:
 
 
 def _plain(values: list) -> str:
-    """A diagnostic's mean ± 95% t half-width over seeds (not a fraction: no percent, no clipping)."""
+    """A diagnostic's mean ± 95% t half-width over seeds (not a fraction: no percent, no clipping); `(n = m)` when
+    only m of the seeds have it (a NaN: e.g. a degenerate SAE's)."""
+    total = len(values)
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "—"
     d = paired_difference(values)
     if d.n == 1 or not math.isfinite(d.low):
-        return f"{d.mean:.3f}"
-    return f"{d.mean:.3f} ± {d.high - d.mean:.3f}"
+        return f"{d.mean:.3f} (n = {d.n})"
+    return f"{d.mean:.3f} ± {d.high - d.mean:.3f}" + (f" (n = {d.n})" if d.n < total else "")
 
 
 def alignment_table(runs: list[dict]) -> str:
@@ -153,6 +170,30 @@ def alignment_table(runs: list[dict]) -> str:
         if not any(d in p["diagnostics"] for p in per for d in shown):
             continue
         rows.append(f"| {name} | {' | '.join(_plain([p['diagnostics'].get(d) for p in per]) for d in shown)} |")
+    return "\n".join(rows)
+
+
+def summary_tables(pairs: dict) -> str:
+    """Across pairs: each method's transfer / preservation (mean ± 95% t), then each pair's alignment quality and
+    reach (read from vector_space and cross_arch_aligner, which report them all)."""
+    names = list(pairs)
+    header = f"| method | {' | '.join(pair_name(p) for p in names)} |"
+    rows = ["Transfer / preservation by architecture pair (B → A):", "", header,
+            "|" + "---|" * (header.count("|") - 1)]
+    for method in METHODS:
+        cells = [f"{interval(pairs[p][method]['measures']['transfer'])} / "
+                 f"{interval(pairs[p][method]['measures']['preservation'])}" for p in names]
+        rows.append(f"| {method} | {' | '.join(cells)} |")
+    shown = [("procrustes_residual", "vector_space"), ("procrustes_residual_images", "vector_space"),
+             ("aligner_residual", "cross_arch_aligner"), ("cka_features", "vector_space"),
+             ("cka_concepts", "vector_space"), ("free_projection_fraction", "vector_space"),
+             ("target_margin", "vector_space"), ("head_reachable_margin", "vector_space"),
+             ("decoder_reachable_margin", "vector_space")]
+    header = f"| pair (B → A) | {' | '.join(f'{d} ({m})' for d, m in shown)} |"
+    rows += ["", "Alignment quality and reach by pair (mean ± 95% t half-width over seeds):", "", header,
+             "|" + "---|" * (header.count("|") - 1)]
+    for p in names:
+        rows.append(f"| {pair_name(p)} | {' | '.join(_plain(pairs[p][m]['diagnostics'][d]) for d, m in shown)} |")
     return "\n".join(rows)
 
 
@@ -178,6 +219,8 @@ def main() -> None:
     parser.add_argument("--depth-pair", default="mlp_wide:mlp_wide", help="A:B presets of the depth sweep")
     parser.add_argument("--ablation-pair", default="mlp_mega:mlp_mega",
                         help="A:B presets of the head_row=b ablation (B's target output row copied into A); '' skips it")
+    parser.add_argument("--budget-pair", default="mlp_mega:mlp_mega",
+                        help="A:B presets run again with the larger budget (LARGER_BUDGET); '' skips it")
     parser.add_argument("--sensitivity-pair", default="mlp_verydeep:mlp_superwide",
                         help="A:B presets run again with sae.l1_coefficient=0.005 (the reference's 0.05 kills every "
                              "latent of the concept autoencoder on 2048-wide features); '' skips it")
@@ -186,6 +229,12 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"--data {args.data}: no such folder; give the MNIST IDX folder (../shared/data/mnist)")
+    for option, pairs in (("--pairs", args.pairs), ("--depth-pair", [args.depth_pair]),
+                          ("--ablation-pair", [args.ablation_pair]), ("--sensitivity-pair", [args.sensitivity_pair]),
+                          ("--budget-pair", [args.budget_pair])):
+        bad = [p for p in pairs if p and (p.count(":") != 1 or not all(p.split(":")))]
+        if bad:
+            parser.error(f"{option} {bad[0]}: give model presets as A:B, e.g. mlp_wide:mlp_deep")
     seeds = ",".join(map(str, range(args.seeds)))
     common = [f"seed={seeds}", "dataset=mnist", f"dataset.path={args.data.resolve()}", "sae=concept_autoencoder",
               f"concept.methods=[{','.join(METHODS)}]"]
@@ -211,6 +260,17 @@ def main() -> None:
         sections += [f"### Ablation: B's target output row copied into A (head_row=b), {pair_name(args.ablation_pair)}",
                      "", table, "", "Alignment quality and reach (mean ± 95% t half-width over seeds):", "",
                      alignment_table(runs), ""]
+    if args.budget_pair:
+        model_a, model_b = args.budget_pair.split(":")
+        folder = args.out / "larger_budget"
+        seconds["larger_budget"] = sweep(folder, [*common, f"model@model_a={model_a}", f"model@model_b={model_b}",
+                                                  *LARGER_BUDGET], args.jobs)
+        runs = read_runs(folder)
+        table, data["larger_budget"] = method_table(runs)
+        sections += [f"### A larger budget: 300 steps, lr 0.05, the edit fully on, {pair_name(args.budget_pair)}", "",
+                     f"Overrides: `{' '.join(LARGER_BUDGET)}`", "", table, "",
+                     "Paired by seed, each method minus finetune_head (300 steps):", "", versus_baseline(runs), "",
+                     "Alignment quality and reach (mean ± 95% t half-width over seeds):", "", alignment_table(runs), ""]
     if args.sensitivity_pair:
         model_a, model_b = args.sensitivity_pair.split(":")
         folder = args.out / "l1_0.005"
@@ -230,10 +290,12 @@ def main() -> None:
     command = (f"python benchmarks/bench_concept_space.py --seeds {args.seeds} --pairs {' '.join(args.pairs)} "
                f"--epochs {' '.join(map(str, args.epochs))} --depth-pair {args.depth_pair} "
                f"--ablation-pair {args.ablation_pair or chr(39) * 2} "
-               f"--sensitivity-pair {args.sensitivity_pair or chr(39) * 2}")
+               f"--sensitivity-pair {args.sensitivity_pair or chr(39) * 2} "
+               f"--budget-pair {args.budget_pair or chr(39) * 2}")
     total = time.perf_counter() - started
     report = "\n".join([
-        f"## SAE concept-space transfer on MNIST ({args.seeds} seeds)", "", f"`{command}`", "", *sections,
+        f"## SAE concept-space transfer on MNIST ({args.seeds} seeds)", "", f"`{command}`", "",
+        summary_tables(data["pairs"]), "", *sections,
         f"### Training depth ({pair_name(args.depth_pair)}): A and B trained exactly E epochs, transfer", "",
         depth_table(depth_runs, "transfer"), "", "### Training depth: preservation", "",
         depth_table(depth_runs, "preservation"), "", f"Reference claim on depth: {DEPTH_CLAIM}.", "",

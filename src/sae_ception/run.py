@@ -164,6 +164,8 @@ def _recompute_advice(layout: RunLayout, folder: Path) -> str:
         also = f" and {layout.method_result(name[len('edited_'):])}"
     elif name in ("model_a", "model_b"):  # every transfer method's result was measured on edits of A (or used B)
         also = f" and {layout.root / 'results' / 'methods'}"
+    elif name in ("sae_a", "sae_b"):  # a transfer run's SAE: retrained, and the SAE methods recomputed, on rerun
+        also = " (the SAE-based methods' results are recomputed with the new one)"
     else:
         also = " (and the artifacts of later cycles)"
     return f"delete {folder}{also} and rerun the same command to recompute it"

@@ -31,7 +31,7 @@ def hydra_error(overrides: list[str]) -> BaseException:
     ("seeed=1", "seeed is not a setting; did you mean seed?"),
     ("cycle.max_cycle=2", "cycle.max_cycle is not a setting; did you mean cycle.max_cycles?"),
     ("wandb.mod=online", "wandb.mod is not a setting; did you mean wandb.mode?"),
-    ("sae=topkk", "sae=topkk is not an option; did you mean topk? (valid: batchtopk, jumprelu, paper_relu, relu, topk)"),
+    ("sae=topkk", "sae=topkk is not an option; did you mean topk? (valid: batchtopk, concept_autoencoder, jumprelu, paper_relu, relu, topk)"),
     ("experiment=smok", "experiment=smok is not an option; did you mean smoke?"),
     ("dataset=mnsit", "dataset=mnsit is not an option; did you mean mnist?"),
     ("sae.k=[", "cannot read the override 'sae.k=['"),

@@ -50,7 +50,7 @@ def test_default_run_on_digits(tmp_path):
     assert list(methods) == ["none", "joint", "copy_head", "procrustes_probe", "procrustes_probe_tuned",
                              "activation_transplant", "cascade", "cascade_isolated", "finetune_head", "finetune_replay",
                              "sae_splice", "sae_injection", "preserved_injection", "vector_space", "cross_arch_aligner",
-                             "aligned_spatial"]
+                             "aligned_spatial", "aligned_spatial_reachable", "aligned_spatial_no_b"]
     for name, result in methods.items():
         m = result["measures"]
         for measure in ("transfer", "preservation", "specificity"):
@@ -182,7 +182,9 @@ def test_every_method_is_one_class_and_one_yaml_loaded_by_default():
     for name in yamls:
         expected = name if name in TRANSFER_METHODS else {"cascade_isolated": "cascade",
                                                           "procrustes_probe_tuned": "procrustes_probe",
-                                                          "sae_splice": "sae_injection"}[name]
+                                                          "sae_splice": "sae_injection",
+                                                          "aligned_spatial_reachable": "aligned_spatial",
+                                                          "aligned_spatial_no_b": "aligned_spatial"}[name]
         assert cfg.transfer[name].type == expected
 
 

@@ -33,6 +33,7 @@ SAE_METHODS = ["sae_splice", "sae_injection", "preserved_injection", "vector_spa
 EDITORS = ["preserved_injection", "vector_space", "cross_arch_aligner", "aligned_spatial"]  # train an editor
 PROCRUSTES = ["sae_splice", "sae_injection", "preserved_injection", "vector_space", "aligned_spatial"]
 FREE_SPACE = ["vector_space", "cross_arch_aligner", "aligned_spatial"]
+CONTROLS = ["aligned_spatial_reachable", "aligned_spatial_no_b"]  # aligned_spatial without B's concept
 K, EDITOR_STEPS, ALIGNER_STEPS, SAE_EPOCHS, FINETUNE_STEPS = 12, 3, 5, 3, 3
 CLASSES_A, SHARED, TARGET = [0, 1, 2, 3], [2, 3], 4
 
@@ -299,6 +300,50 @@ def test_an_sae_checkpoint_of_another_width_is_refused_before_anything_runs(shar
     assert not (run_dir / "checkpoints" / "model_b").exists()
 
 
+def test_an_sae_of_other_weights_of_its_model_is_trained_again(shared, tmp_path):
+    """Model A's checkpoint replaced by other weights (as when it is deleted and retrained with other threads): its
+    SAE, trained on the old A's features, is trained again, and the SAE methods are recomputed; B's SAE is kept."""
+    from sae_ception.utils.io import save_checkpoint
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared.dir, run_dir)
+    folder = run_dir / "checkpoints" / "model_a"
+    state, meta = load_checkpoint(folder)
+    name = next(k for k in state if k.endswith("weight"))
+    state[name] = state[name] + 1e-3
+    save_checkpoint(folder, state, meta)
+    before = sae_files(run_dir)
+    offset = log_size(run_dir)
+    run_transfer(run_dir, ["concept.methods=[sae_splice]"], base=SAE_QUICK)
+    log = log_since(run_dir, offset)
+    assert "sae_a: " in log and "was trained on other images, settings or weights of model A" in log
+    after = sae_files(run_dir)
+    changed = {path.split("/")[1] for path in after if after[path] != before.get(path)}
+    assert changed == {"sae_a"}
+    assert "transfer/sae_splice: it was made with other weights of model A or B (or their SAEs)" in log
+
+
+def test_the_controls_without_b_run_as_aligned_spatial_does(shared, tmp_path):
+    """aligned_spatial_reachable and aligned_spatial_no_b: aligned_spatial's budget (the same images and steps) and
+    diagnostics; the reachable one reports the margin of the code it starts from, which the search found."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared.dir, run_dir)
+    overrides = [methods(["aligned_spatial", *CONTROLS]), *[f"transfer.{m}.steps={EDITOR_STEPS}" for m in CONTROLS]]
+    run_transfer(run_dir, overrides, base=SAE_QUICK)
+    found = results(run_dir)["methods"]
+    base = found["aligned_spatial"]
+    for name in CONTROLS:
+        result = found[name]
+        assert result["budget"] == base["budget"] and result["target_image_indices"] == base["target_image_indices"]
+        assert {"target_margin", "head_reachable_margin", "decoder_reachable_margin",
+                "free_space_dead_fraction"} <= set(result["diagnostics"])
+        assert 0.0 <= result["diagnostics"]["free_space_dead_fraction"] <= 1.0
+    reachable = found["aligned_spatial_reachable"]["diagnostics"]
+    assert reachable["position_margin"] == pytest.approx(reachable["decoder_reachable_margin"], abs=1e-5) or \
+        reachable["position_margin"] <= reachable["decoder_reachable_margin"] + 1e-5  # its search starts lack B's code
+    assert "position_margin" not in found["aligned_spatial_no_b"]["diagnostics"]
+
+
 # --- architectures ----------------------------------------------------------------------------------------------
 def test_models_of_different_widths(tmp_path):
     """A [32,16], B [24,12]: with sae.d_sae fixed (24) every SAE method runs (the Procrustes ones map 24 to 24);
@@ -397,7 +442,7 @@ def test_resume_retrains_the_saes_when_their_settings_or_images_change(tmp_path)
     # another SAE setting: both SAEs trained again with it, the SAE methods recomputed, the rest kept
     log = rerun("sae.l1_coefficient=0.1")
     listed.append("sae.l1_coefficient=0.1")
-    assert log.count("was trained on other images or settings; training it again") == 2
+    assert log.count("was trained on other images, settings or weights of model") == 2
     assert all(sae_meta(run_dir, w)["made_with"]["sae"]["l1_coefficient"] == 0.1 for w in "ab")
     now = sae_files(run_dir)
     assert all(now[key][1] != saes[key][1] for key in saes if key.endswith("weights.safetensors"))

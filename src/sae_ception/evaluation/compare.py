@@ -142,14 +142,24 @@ def method_of_key(key: str) -> Optional[str]:
 # run-level transfer settings that reach a result only through a method's own settings (its YAML interpolates
 # them), so they are not the entry's: `concept.target_images` is each method's `transfer.<name>.target_images`
 THROUGH_METHODS = ("concept.target_images",)
+# settings of the run's SAEs (transfer/concepts.py): they change only the results of the methods that read them (B's
+# SAE also trains on concept.target_images' k target images, so that one is theirs too)
+SAE_SETTINGS = ("sae.", "concept.sae_")
 
 
-def method_settings(settings: dict[str, Any], name: str, stored: Any = None) -> dict[str, Any]:
+def _sae_setting(key: str) -> bool:
+    return key.startswith(SAE_SETTINGS)
+
+
+def method_settings(settings: dict[str, Any], name: str, stored: Any = None, uses_saes: bool = False) -> dict[str, Any]:
     """A transfer method's entry's settings: the run's without the other methods' `transfer.<other>.*` (which
-    do not change its result) and without THROUGH_METHODS, plus `transfer.method: <name>`. Its own
-    `transfer.<name>.*` come from `stored`, the settings saved with its result (what made its numbers; the run's
-    config.yaml is rewritten when a later command starts, possibly before that result is), when given."""
-    own = {k: v for k, v in settings.items() if method_of_key(k) in (None, name) and k not in THROUGH_METHODS}
+    do not change its result) and without THROUGH_METHODS, plus `transfer.method: <name>`; the SAEs' settings
+    (`sae.*`, `concept.sae_*`) only for a method that read the SAEs (`uses_saes`, which keeps
+    concept.target_images too). Its own `transfer.<name>.*` come from `stored`, the settings saved with its result
+    (what made its numbers; the run's config.yaml is rewritten when a later command starts, possibly before that
+    result is), when given."""
+    own = {k: v for k, v in settings.items() if method_of_key(k) in (None, name)
+           and (k not in THROUGH_METHODS or uses_saes) and (uses_saes or not _sae_setting(k))}
     if isinstance(stored, dict):
         own = {k: v for k, v in own.items() if method_of_key(k) is None}
         own |= _flatten(stored, f"transfer.{name}.")
@@ -272,7 +282,8 @@ def read_transfer_run(folder: Path, settings: Optional[dict[str, Any]] = None) -
         if problem:
             break
         entries.append(RunResults(folder=folder / METHOD_FILES / str(name),
-                                  settings=method_settings(settings, name, result.get("settings")),
+                                  settings=method_settings(settings, name, result.get("settings"),
+                                                           uses_saes="sae_a" in (result.get("models") or {})),
                                   by_cycle={0: flat}, kind=TRANSFER, run=folder, missing_methods=missing,
                                   run_settings=settings))
     if problem:

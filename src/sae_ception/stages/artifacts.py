@@ -89,6 +89,10 @@ def _explicit_sae(path: Path):
 
 def _check_sae_fits(ctx: RunContext, sae, where: str) -> None:
     width = ctx.cfg.model.target_width()
+    if not type(sae).linear_decoder:  # e.g. a concept-transfer run's concept autoencoder
+        raise ArtifactError(f"{where} is a {sae.registry_name!r} SAE, which has no linear decoder (no decoder "
+                            "directions for sharpening and feature reports); train_cycle.py needs a relu, topk, "
+                            "batchtopk, jumprelu or paper_relu SAE")
     if sae.d_in != width:
         raise ArtifactError(f"{where} reads {sae.d_in}-dim activations but the model's target layer has {width}")
     if sae.registry_name != ctx.cfg.sae.type:

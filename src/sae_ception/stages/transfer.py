@@ -6,7 +6,6 @@ rerun skips it unless its settings changed), and the summary is rewritten from t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from sae_ception.transfer.measures import (ADDED_LATER, BUDGET_ITEMS, MEASURES, 
                                            transfer_measures)
 from sae_ception.transfer.report import format_transfer_table
 from sae_ception.transfer.training import new_classifier, train_on_classes
+from sae_ception.utils.digest import state_digest
 from sae_ception.utils.io import checkpoint_exists, read_json, write_json
 from sae_ception.utils.seeding import seed_everything, stage_seed
 
@@ -171,18 +171,10 @@ def weak_models(concept, base: dict, source: dict) -> list[str]:
 
 
 def _digests(model_a: Classifier, model_b: Classifier, saes=None) -> dict:
-    digests = {"a": _state_digest(model_a), "b": _state_digest(model_b)}
+    digests = {"a": state_digest(model_a), "b": state_digest(model_b)}
     if saes is not None:
-        digests.update(sae_a=_state_digest(saes.sae_a), sae_b=_state_digest(saes.sae_b))
+        digests.update(sae_a=state_digest(saes.sae_a), sae_b=state_digest(saes.sae_b))
     return digests
-
-
-def _state_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def method_seed(ctx: RunContext) -> int:

@@ -76,7 +76,8 @@ def require_equal_sae_widths(name: str, cfg, why: str) -> None:
     width_a, width_b = cfg.model_a.hidden_sizes[-1], cfg.model_b.hidden_sizes[-1]
     c_a, c_b = cfg.sae.width(width_a), cfg.sae.width(width_b)
     if c_a != c_b:
-        raise ConfigError(f"transfer.{name}: {why} needs SAEs of equal width, but sae.d_sae={cfg.sae.d_sae} gives "
+        d_sae = "null" if cfg.sae.d_sae is None else cfg.sae.d_sae
+        raise ConfigError(f"transfer.{name}: {why} needs SAEs of equal width, but sae.d_sae={d_sae} gives "
                           f"{c_a} latents on A's {width_a}-wide features and {c_b} on B's {width_b}-wide ones; set "
                           "sae.d_sae (e.g. 24), or use cross_arch_aligner, or drop this method from concept.methods")
 
@@ -162,10 +163,15 @@ class ConceptSpaceMethod(TransferMethod):
     @staticmethod
     def free_space(ctx, views: ConceptViews, k: int) -> FreeSpace:
         """The k least-used directions of A's concept space (SVD of A's codes of its own classes' images).
-        Reports `free_dims` and `free_space_energy` (the used codes' share of squared norm along them)."""
+        Reports `free_dims`, `free_space_energy` (the used codes' share of squared norm along them) and
+        `free_space_dead_fraction` (the share of the directions' squared mass on latents that fire on none of those
+        images: directions the SAE's decoder was hardly trained on)."""
         space = free_directions(views.used_a, k)
         ctx.report("free_dims", k)
         ctx.report("free_space_energy", space.energy)
+        dead = (views.used_a > 0).sum(0) == 0
+        mass = space.directions_CK.pow(2)
+        ctx.report("free_space_dead_fraction", float(mass[dead].sum() / mass.sum()))
         return space
 
 
@@ -243,35 +249,41 @@ def report_target_margin(ctx, edited, views: ConceptViews) -> None:
     head = linear_layers(edited)[-1]
     weight, bias = head.weight.detach().cpu(), head.bias.detach().cpu()
     ctx.report("head_reachable_margin", reachable_margin(weight, bias, target, upper))
-    starts = [views.anchor_a.mean(0, keepdim=True), views.anchor_a[:8]]  # A's mean shared code, some anchors' codes
+    starts = [search_starts(views)]
     if views.target_b.shape[1] == views.anchor_a.shape[1]:  # and B's target concept, when the widths agree
         starts.append(views.target_b.mean(0, keepdim=True))
-    starts = torch.cat(starts)
-    ctx.report("decoder_reachable_margin", best_decoded_margin(views.saes.sae_a, weight, bias, target, starts))
+    margin, _ = best_decoded_code(views.saes.sae_a, weight, bias, target, torch.cat(starts))
+    ctx.report("decoder_reachable_margin", margin)
 
 
-def best_decoded_margin(sae, weight_KD: torch.Tensor, bias_K: torch.Tensor, target: int, starts_SC: torch.Tensor,
-                        steps: int = 300, lr: float = 0.1) -> float:
-    """max over codes z >= 0 of min_j≠target (logit_target − logit_j) of the linear head (weight, bias) on D(z),
-    searched by projected Adam from each start code (S, C) on the smooth surrogate logit_t − logsumexp(others),
-    z clamped at 0 after every step; the best hard margin met along the way (a lower bound of the maximum: a local
-    search). The SAE is not changed."""
+def search_starts(views: ConceptViews) -> torch.Tensor:
+    """Where a search of A's concept space starts: A's mean code of the shared classes and 8 anchors' codes (9, C)."""
+    return torch.cat([views.anchor_a.mean(0, keepdim=True), views.anchor_a[:8]])
+
+
+def best_decoded_code(sae, weight_KD: torch.Tensor, bias_K: torch.Tensor, target: int, starts_SC: torch.Tensor,
+                      steps: int = 300, lr: float = 0.1) -> tuple[float, torch.Tensor]:
+    """(margin, z): max over codes z >= 0 of min_j≠target (logit_target − logit_j) of the linear head (weight, bias)
+    on D(z), searched by projected Adam from each start code (S, C) on the smooth surrogate
+    logit_t − logsumexp(others), z clamped at 0 after every step; the best hard margin met along the way and its
+    code (C,) (a lower bound of the maximum: a local search). The SAE is not changed."""
     weight, bias = weight_KD.float(), bias_K.float()
     others = torch.tensor([j for j in range(len(bias)) if j != target])
     z = starts_SC.detach().float().clone().clamp_min(0).requires_grad_(True)
     optimiser = torch.optim.Adam([z], lr=lr)
-    best = -float("inf")
+    best, best_z = -float("inf"), z.detach()[0].clone()
     for _ in range(steps + 1):
         logits = sae.decode(z) @ weight.T + bias
-        margin = logits[:, target] - logits[:, others].max(1).values
-        best = max(best, float(margin.detach().max()))
+        margin = (logits[:, target] - logits[:, others].max(1).values).detach()
+        if float(margin.max()) > best:
+            best, best_z = float(margin.max()), z.detach()[int(margin.argmax())].clone()
         objective = (logits[:, target] - torch.logsumexp(logits[:, others], 1)).sum()
         optimiser.zero_grad(set_to_none=True)
         (-objective).backward()
         optimiser.step()
         with torch.no_grad():
             z.clamp_(min=0)
-    return best
+    return best, best_z
 
 
 def reachable_margin(weight_KD: torch.Tensor, bias_K: torch.Tensor, target: int, upper_D: torch.Tensor) -> float:

@@ -23,6 +23,7 @@ from sae_ception.errors import ConfigError
 from sae_ception.sae import SparseAutoencoder, build_sae, load_sae, train_sae
 from sae_ception.transfer.data import TransferData, class_order
 from sae_ception.transfer.layers import penultimate
+from sae_ception.utils.digest import state_digest
 from sae_ception.utils.io import checkpoint_exists
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,12 @@ def _frozen(sae: SparseAutoencoder) -> SparseAutoencoder:
     return sae
 
 
-def _expected(cfg, which: str, d_in: int) -> dict:
+def _expected(cfg, which: str, model) -> dict:
+    """What an SAE of model `which` depends on: its images, its settings, and the model's weights (a model trained
+    again, e.g. after its checkpoint was deleted, has other features)."""
+    d_in = model.blocks[-1][0].out_features
     return {"images": sae_images(cfg.concept, which).as_dict(), "d_in": d_in, "d_sae": cfg.sae.width(d_in),
-            "sae": asdict(cfg.sae)}
+            "sae": asdict(cfg.sae), "model": state_digest(model)}
 
 
 def check_saved_saes(run) -> None:
@@ -128,7 +132,7 @@ def concept_saes(run, model_a, model_b, sample_seed: int) -> ConceptSAEs:
         path = run.layout.concept_sae(which)
         chosen = sae_images(run.cfg.concept, which)
         width = model.blocks[-1][0].out_features
-        expected = _expected(run.cfg, which, width)
+        expected = _expected(run.cfg, which, model)
         sae = None
         if checkpoint_exists(path):
             sae = load_sae(path)
@@ -138,7 +142,8 @@ def concept_saes(run, model_a, model_b, sample_seed: int) -> ConceptSAEs:
             _, meta = load_checkpoint(path)
             saved = (meta.get("extra") or {}).get("made_with")
             if saved != expected:
-                log.info("sae_%s: %s was trained on other images or settings; training it again", which, path)
+                log.info("sae_%s: %s was trained on other images, settings or weights of model %s; training it "
+                         "again", which, path, which.upper())
                 sae = None
             else:
                 log.info("sae_%s: found %s, skipping (resume)", which, path)

@@ -129,8 +129,9 @@ class Tracker:
                                          "objective/split": split, "objective/cycle": cycle})
 
     def log_transfer(self, summary: dict, plots: list[Path]) -> None:
-        """A concept-transfer run's results: per method `transfer/<method>/<measure>` and `budget/<method>/<item>`
-        in the summary, the table as a wandb table, the confusion figure as an image."""
+        """A concept-transfer run's results: per method `transfer/<method>/<measure>`, `budget/<method>/<item>` and
+        `diagnostics/<method>/<name>` (e.g. its Procrustes residual, CKA) in the summary, the table as a wandb table,
+        the confusion figure as an image."""
         if self.run is None:
             return
         import wandb
@@ -141,6 +142,7 @@ class Tracker:
         for name, result in summary["methods"].items():
             values |= {f"transfer/{name}/{k}": v for k, v in result["measures"].items() if isinstance(v, float)}
             values |= {f"budget/{name}/{k}": v for k, v in result["budget"].items()}
+            values |= {f"diagnostics/{name}/{k}": v for k, v in (result.get("diagnostics") or {}).items()}
         with naming_failed_writes(self.files):
             self.run.summary.update(values)
             self.run.log({"transfer/table": wandb.Table(columns=COLUMNS, data=transfer_rows(summary))}

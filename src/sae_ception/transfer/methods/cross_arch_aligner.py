@@ -59,8 +59,10 @@ class CrossArchAligner(ConceptSpaceMethod):
         sae_a = views.saes.sae_a
         aligner = FeatureAligner(ctx.model_b.blocks[-1][0].out_features, ctx.model_a.blocks[-1][0].out_features,
                                  cfg.aligner_hidden, cfg.aligner_final_relu)
+        # its own batch order, so the editor's training below draws the same batches as finetune_head's
+        order = torch.Generator().manual_seed(ctx.generator.initial_seed() + 1)
         residual = fit_aligner(aligner, penultimate(ctx.model_b, views.anchors.x), views.anchor_a, sae_a.encode,
-                               cfg.aligner_steps, cfg.aligner_lr, cfg.aligner_batch, ctx.generator)
+                               cfg.aligner_steps, cfg.aligner_lr, cfg.aligner_batch, order)
         ctx.add_steps(cfg.aligner_steps)
         ctx.report("aligner_residual", residual)
         with torch.no_grad():
