@@ -485,6 +485,11 @@ def test_resume_retrains_the_saes_when_their_settings_or_images_change(tmp_path)
     assert sae_files(run_dir) == saes and "sae_a: found" in log and "sae_b: found" in log
     assert "transfer/sae_splice: found" in log and "transfer/sae_injection: its settings changed" in log
     assert method_result(run_dir, "sae_injection")["budget"]["parameters_changed"] == 16 + 1  # B's row of the 16-wide head, its bias
+    edited, _ = load_checkpoint(run_dir / "checkpoints" / "edited_sae_injection")
+    b_state, _ = load_checkpoint(run_dir / "checkpoints" / "model_b")
+    head = next(k[:-len(".weight")] for k in b_state if k.endswith(".weight") and b_state[k].shape[0] == 10)
+    for part in ("weight", "bias"):  # the target's row is B's, exactly; every other row is A's
+        assert torch.equal(edited[f"{head}.{part}"][TARGET], b_state[f"{head}.{part}"][TARGET])
 
     # fewer images per class for the SAEs: both trained again, on the first 50 of each class (and B on its k)
     log = rerun("concept.sae_images_per_class=50")

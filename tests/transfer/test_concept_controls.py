@@ -114,3 +114,54 @@ def test_aligned_concept_config_refuses_a_bad_head_row():
                           model_a=SimpleNamespace(hidden_sizes=[16]), model_b=SimpleNamespace(hidden_sizes=[16]))
     with pytest.raises(ConfigError, match=r"^transfer\.x\.head_row='c' is not valid; use one of a, b$"):
         AlignedConceptConfig(head_row="c").validate_for("x", cfg)
+
+
+# --- regressions of the correctness review -------------------------------------------------------------------------
+def test_a_diverging_aligner_raises_the_callers_one_line_error():
+    from sae_ception.errors import DivergenceError
+    from sae_ception.transfer.concept_alignment import FeatureAligner, fit_aligner
+
+    gen = torch.Generator().manual_seed(0)
+    h_b, target = torch.rand(40, 6, generator=gen), torch.rand(40, 4, generator=gen)
+
+    def diverged(how: str) -> DivergenceError:
+        return DivergenceError(f"transfer.x.aligner_lr: diverged {how}")
+
+    for lr in (1e10, 1e38):
+        torch.manual_seed(0)
+        with pytest.raises(DivergenceError, match=r"^transfer\.x\.aligner_lr: diverged "):
+            fit_aligner(FeatureAligner(6, 4, 8, final_relu=False), h_b, target, lambda t: t, 20, lr, 8,
+                        torch.Generator().manual_seed(1), diverged)
+
+
+def test_aligner_residual_is_nan_when_the_target_codes_are_all_zero():
+    from sae_ception.transfer.concept_alignment import FeatureAligner, fit_aligner
+
+    torch.manual_seed(0)
+    residual = fit_aligner(FeatureAligner(3, 2, 4), torch.rand(10, 3), torch.zeros(10, 2), lambda t: t, 2, 1e-3, 4,
+                           torch.Generator().manual_seed(0))
+    assert residual != residual  # NaN: nothing to be relative to
+
+
+def test_free_directions_of_many_codes_are_taken_without_the_n_by_n_factor():
+    """20,000 codes in 6 dims: the full SVD's 20,000 x 20,000 right factor would take 3.2 GB; this is instant."""
+    from sae_ception.transfer.concept_alignment import free_directions
+
+    codes = torch.zeros(20_000, 6)
+    codes[:, :4] = torch.rand(20_000, 4, generator=torch.Generator().manual_seed(0))
+    space = free_directions(codes, 2)
+    assert space.directions_CK.shape == (6, 2) and space.energy < 1e-20
+
+
+def test_the_concept_autoencoders_output_relu_clips_at_zero_in_the_raw_space_whatever_the_normalisation():
+    from sae_ception.sae import build_sae
+    from sae_ception.sae.concept_autoencoder import ConceptAutoencoderConfig
+
+    torch.manual_seed(0)
+    sae = build_sae(ConceptAutoencoderConfig(d_sae=4, normalize="standardize", decoder_output_relu=True), 6)
+    acts = torch.relu(torch.randn(500, 6, generator=torch.Generator().manual_seed(1)))
+    sae.set_normalization(acts)
+    with torch.no_grad():
+        sae.decoder[-1].bias.fill_(-50.0)  # every reconstruction far below 0 before the ReLU
+        recon = sae.decode(torch.rand(30, 4) * 5)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) < 1e-6  # clipped at 0 (to rounding), not at the mean (~0.4)

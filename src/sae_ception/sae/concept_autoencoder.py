@@ -106,8 +106,14 @@ class ConceptAutoencoder(SparseAutoencoder):
         return F.relu(pre_BF)
 
     def decode_normalized(self, codes_BF: Tensor) -> Tensor:
+        """The decoder's output in the normalised space; with `decoder_output_relu`, clipped at 0 in the raw space
+        (the raw features are post-ReLU), whatever the normalisation (the identity for `normalize: none`)."""
         recon = self.decoder(codes_BF)
-        return F.relu(recon) if self.cfg.decoder_output_relu else recon
+        if not self.cfg.decoder_output_relu:
+            return recon
+        if self.cfg.normalize == "none":
+            return F.relu(recon)
+        return self.normalize(F.relu(self.denormalize(recon)))
 
     def auxiliary_losses(self, *, codes_BF: Tensor, **_) -> dict[str, Tensor]:
         """mean_{b,f} |z_bf|."""

@@ -56,7 +56,8 @@ def free_directions(used_codes_NC: torch.Tensor, k: int) -> FreeSpace:
     n, c = used_codes_NC.shape
     if not 1 <= k <= c:
         raise ValueError(f"free_directions: k={k} must be in 1..{c} (the concept dimension)")
-    u, s, _ = torch.linalg.svd(used_codes_NC.double().T, full_matrices=True)
+    # the full C x C left factor, without the N x N right one when N >= C (its cost would grow with N²)
+    u, s, _ = torch.linalg.svd(used_codes_NC.double().T, full_matrices=n < c)
     directions = u[:, c - k:]
     total = float(used_codes_NC.double().pow(2).sum())
     along = float((used_codes_NC.double() @ directions).pow(2).sum())
@@ -80,21 +81,29 @@ class FeatureAligner(nn.Module):
 
 def fit_aligner(aligner: FeatureAligner, h_b_ND: torch.Tensor, target_NC: torch.Tensor,
                 into: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float, batch_size: int,
-                generator: torch.Generator) -> float:
+                generator: torch.Generator, diverged: Callable[[str], Exception] = ValueError) -> float:
     """Train Φ (Adam, `steps` steps of `batch_size` rows drawn with `generator`) to minimise
     mean ‖target − into(Φ(h_B))‖² over paired rows of the same images: the deep dive's L_align with `into` = A's
     (frozen) SAE encoder and `target` = A's codes E_A(h_A). Returns the relative residual
-    ‖T − into(Φ(H_B))‖_F / ‖T‖_F on all the rows after training."""
+    ‖T − into(Φ(H_B))‖_F / ‖T‖_F on all the rows after training (NaN when T is all zero). A non-finite loss, an
+    update that overflows or a non-finite weight raises `diverged(how)` (the caller's one-line error)."""
+    from sae_ception.transfer.finetune import step_or_diverge
+
     optimiser = torch.optim.Adam(aligner.parameters(), lr=lr)
     n = len(h_b_ND)
     aligner.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         rows = torch.randint(n, (min(batch_size, n),), generator=generator)
         loss = (into(aligner(h_b_ND[rows])) - target_NC[rows]).pow(2).sum(1).mean()
+        if not torch.isfinite(loss):
+            raise diverged(f"at step {step} (loss {float(loss.detach())})")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
+        step_or_diverge(optimiser, lambda: diverged(f"at step {step} (the update overflows)"))
     aligner.eval()
+    if not all(bool(torch.isfinite(p).all()) for p in aligner.parameters()):
+        raise diverged("(a weight is not finite after the last step)")
     with torch.no_grad():
-        error = torch.linalg.norm(into(aligner(h_b_ND)) - target_NC)
-        return float(error / torch.linalg.norm(target_NC).clamp_min(1e-12))
+        error = float(torch.linalg.norm(into(aligner(h_b_ND)) - target_NC))
+        scale = float(torch.linalg.norm(target_NC))
+        return error / scale if scale > 0 else float("nan")

@@ -238,8 +238,8 @@ def report_target_margin(ctx, edited, views: ConceptViews) -> None:
     `head_reachable_margin`: the most any features within the range A's penultimate units take on the anchor and
     target images could make the edited head prefer the target (`reachable_margin`): below 0, no edit of A's
     features alone, in that range, can make it answer the target. `decoder_reachable_margin`: the best lead of the
-    target logit found over codes z >= 0 decoded by A's SAE (`best_decoded_margin`): what an edit in A's concept
-    space could reach at best, as far as a local search finds."""
+    target logit found over codes z >= 0 decoded by A's SAE (`best_decoded_code`, from A's own codes): what an edit
+    in A's concept space could reach at best, as far as a local search finds."""
     from sae_ception.transfer.layers import linear_layers
 
     logits = edited.logits_of(views.target_x, 1024, ctx.device)
@@ -249,10 +249,7 @@ def report_target_margin(ctx, edited, views: ConceptViews) -> None:
     head = linear_layers(edited)[-1]
     weight, bias = head.weight.detach().cpu(), head.bias.detach().cpu()
     ctx.report("head_reachable_margin", reachable_margin(weight, bias, target, upper))
-    starts = [search_starts(views)]
-    if views.target_b.shape[1] == views.anchor_a.shape[1]:  # and B's target concept, when the widths agree
-        starts.append(views.target_b.mean(0, keepdim=True))
-    margin, _ = best_decoded_code(views.saes.sae_a, weight, bias, target, torch.cat(starts))
+    margin, _ = best_decoded_code(views.saes.sae_a, weight, bias, target, search_starts(views))
     ctx.report("decoder_reachable_margin", margin)
 
 

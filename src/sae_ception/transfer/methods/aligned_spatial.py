@@ -87,8 +87,11 @@ class AlignedSpatial(ConceptSpaceMethod):
         for cls, offset in zip(shared, offsets):
             ctx.report(f"distance_{cls}", float(offset.norm()))
         if len(shared) >= 2:
-            cosine = torch.nn.functional.cosine_similarity(offsets[0], offsets[1], dim=0).clamp(-1, 1)
-            ctx.report("angle_degrees", math.degrees(math.acos(float(cosine))))
+            if float(offsets[0].norm()) > 0 and float(offsets[1].norm()) > 0:
+                cosine = torch.nn.functional.cosine_similarity(offsets[0], offsets[1], dim=0).clamp(-1, 1)
+                ctx.report("angle_degrees", math.degrees(math.acos(float(cosine))))
+            else:  # a zero offset has no direction
+                ctx.report("angle_degrees", float("nan"))
         space = self.free_space(ctx, views, free_dims(cfg.free_dims, views.anchor_a.shape[1]))
         edited = edited_copy(ctx, views, mixed_gate(ctx, views, cfg),
                              SpatialInjection(position, space.directions_CK, cfg.direct, cfg.free, cfg.strength,

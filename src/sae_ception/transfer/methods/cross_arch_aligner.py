@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sae_ception.errors import ConfigError
+from sae_ception.errors import ConfigError, DivergenceError
 from sae_ception.transfer.base import TRANSFER_METHODS
 from sae_ception.transfer.concept_alignment import FeatureAligner, fit_aligner
 from sae_ception.transfer.concept_method import ConceptMethodConfig, ConceptSpaceMethod, GatedEditorSettings
@@ -61,8 +61,12 @@ class CrossArchAligner(ConceptSpaceMethod):
                                  cfg.aligner_hidden, cfg.aligner_final_relu)
         # its own batch order, so the editor's training below draws the same batches as finetune_head's
         order = torch.Generator().manual_seed(ctx.generator.initial_seed() + 1)
+        def diverged(how: str) -> DivergenceError:
+            return DivergenceError(f"{ctx.setting('aligner_lr')}={cfg.aligner_lr:g}: training the aligner of transfer/"
+                                   f"{ctx.name} diverged {how}; lower it")
+
         residual = fit_aligner(aligner, penultimate(ctx.model_b, views.anchors.x), views.anchor_a, sae_a.encode,
-                               cfg.aligner_steps, cfg.aligner_lr, cfg.aligner_batch, order)
+                               cfg.aligner_steps, cfg.aligner_lr, cfg.aligner_batch, order, diverged)
         ctx.add_steps(cfg.aligner_steps)
         ctx.report("aligner_residual", residual)
         with torch.no_grad():
