@@ -42,7 +42,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_concept_transfer import BOUNDS, ROOT, SHARED_MNIST, interval, per_seed, sweep  # noqa: E402
+from bench_concept_transfer import (BOUNDS, ROOT, SHARED_MNIST, depth_table, interval, per_seed,  # noqa: E402
+                                    sweep)
 
 from sae_ception.evaluation.paired import paired_difference  # noqa: E402
 
@@ -194,19 +195,6 @@ def summary_tables(pairs: dict) -> str:
              "|" + "---|" * (header.count("|") - 1)]
     for p in names:
         rows.append(f"| {pair_name(p)} | {' | '.join(_plain(pairs[p][m]['diagnostics'][d]) for d, m in shown)} |")
-    return "\n".join(rows)
-
-
-def depth_table(runs: list[dict], measure: str) -> str:
-    depths = sorted({run["epochs"] for run in runs})
-    header = f"| method | {' | '.join(f'{e} epochs' for e in depths)} | change {depths[0]} → {depths[-1]} (paired) |"
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    for name in METHODS:
-        by_depth = {e: {r["seed"]: r["summary"]["methods"][name]["measures"][measure] for r in runs if r["epochs"] == e}
-                    for e in depths}
-        seeds = sorted(set(by_depth[depths[0]]) & set(by_depth[depths[-1]]))
-        change = interval([by_depth[depths[-1]][s] - by_depth[depths[0]][s] for s in seeds], (-1.0, 1.0))
-        rows.append(f"| {name} | {' | '.join(interval(list(by_depth[e].values())) for e in depths)} | {change} |")
     return "\n".join(rows)
 
 

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SAEConfig, SparseAutoencoder, check_setting
+from sae_ception.sae.paper_relu import PaperReluSAE
 from sae_ception.sae.registry import SAE_TYPES
 
 
@@ -115,15 +116,9 @@ class ConceptAutoencoder(SparseAutoencoder):
             return F.relu(recon)
         return self.normalize(F.relu(self.denormalize(recon)))
 
-    def auxiliary_losses(self, *, codes_BF: Tensor, **_) -> dict[str, Tensor]:
-        """mean_{b,f} |z_bf|."""
-        return {"l1_mean": codes_BF.abs().mean()}
-
-    def loss_weights(self, state: Optional[TrainingState]) -> dict[str, float]:
-        return {"l1_mean": self.cfg.penalty_weight(state)}
-
-    def normalize_decoder_(self) -> None:
-        """No decoder rows to renormalise."""
-
-    def remove_parallel_decoder_grad_(self) -> None:
-        """No decoder rows."""
+    # the paper's SAE's L1 (mean_{b,f} |z_bf|, logged as l1_mean, weighted by l1_coefficient), and no decoder rows to
+    # renormalise or project
+    auxiliary_losses = PaperReluSAE.auxiliary_losses
+    loss_weights = PaperReluSAE.loss_weights
+    normalize_decoder_ = PaperReluSAE.normalize_decoder_
+    remove_parallel_decoder_grad_ = PaperReluSAE.remove_parallel_decoder_grad_
