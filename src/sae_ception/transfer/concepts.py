@@ -24,7 +24,7 @@ from sae_ception.sae import SparseAutoencoder, build_sae, load_sae, train_sae
 from sae_ception.transfer.data import TransferData, class_order
 from sae_ception.transfer.layers import penultimate
 from sae_ception.utils.digest import state_digest
-from sae_ception.utils.io import checkpoint_exists
+from sae_ception.utils.io import META_FILE, checkpoint_exists, read_json
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ class ConceptSAEs:
     images: dict = field(default_factory=dict)  # "a"/"b" -> SAEImages
     steps: dict = field(default_factory=dict)  # "a"/"b" -> optimiser steps of its training
     warnings: list = field(default_factory=list)  # e.g. an SAE none of whose latents fires
-
-    def get(self, which: str) -> SparseAutoencoder:
-        return self.sae_a if which == "a" else self.sae_b
 
 
 @torch.no_grad()
@@ -126,7 +123,7 @@ def _check_fits(sae: SparseAutoencoder, path, which: str, width: int) -> None:
 
 def concept_saes(run, model_a, model_b, sample_seed: int) -> ConceptSAEs:
     """Both SAEs: read back from the run folder when they were trained on today's images with today's `sae`
-    settings, else trained (and saved) now. Models are frozen; SAEs come back frozen on the CPU."""
+    settings and model weights, else trained (and saved) now. Models are frozen; SAEs come back frozen on the CPU."""
     data, saes, images, steps, warnings = TransferData(run.splits, run.cfg.concept), {}, {}, {}, []
     for which, model in (("a", model_a), ("b", model_b)):
         path = run.layout.concept_sae(which)
@@ -135,11 +132,9 @@ def concept_saes(run, model_a, model_b, sample_seed: int) -> ConceptSAEs:
         expected = _expected(run.cfg, which, model)
         sae = None
         if checkpoint_exists(path):
-            sae = load_sae(path)
+            sae = load_sae(path)  # checks the checkpoint whole; its config.json is then read alone
             _check_fits(sae, path, which, width)
-            from sae_ception.utils.io import load_checkpoint
-
-            _, meta = load_checkpoint(path)
+            meta = read_json(path / META_FILE, f"delete {path} to have it trained again")
             saved = (meta.get("extra") or {}).get("made_with")
             if saved != expected:
                 log.info("sae_%s: %s was trained on other images, settings or weights of model %s; training it "
