@@ -5,6 +5,7 @@ Each group's schema lives beside its implementation and is found through that gr
 """
 
 import difflib
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
@@ -298,6 +299,15 @@ def registered_section(group: str, registry, key: str, values: Any) -> Any:
     if not isinstance(values, dict) or key not in values:
         raise ConfigError(f"{group}.{key} is missing; valid: {', '.join(registry.names())}")
     return typed_section(group, registry.get(values[key]).config_class, values)
+
+
+def model_group_section(group: str, values: Any) -> ModelConfig:
+    """A model config typed for a script's own model key (`model_a`, `model_b`: `model@model_a=...`); the model
+    schema's own messages say `model.`, renamed to the key."""
+    try:
+        return registered_section(group, MODELS, "name", values)
+    except ConfigError as ex:
+        raise ConfigError(re.sub(r"(?<![\w.])model\.", f"{group}.", str(ex))) from None
 
 
 def parse_config(cfg: DictConfig) -> Config:

@@ -11,6 +11,8 @@ from sae_ception.config import parse_config
 from sae_ception.run import RunContext
 from sae_ception.errors import ConfigError
 from sae_ception.stages.artifacts import new_model, require_model, require_sae
+from sae_ception.alignment.config import parse_align_config
+from sae_ception.stages.align import align_preflight, run_alignment
 from sae_ception.stages.auxiliary import run_auxiliary
 from sae_ception.stages.baseline import run_baseline
 from sae_ception.stages.cycle import analyze, reevaluate, run_cycles
@@ -106,4 +108,5 @@ ENTRYPOINTS = {
     "evaluate": Entrypoint(reevaluate, _evaluate_preflight, from_run_folder=True),
     "analyze_features": Entrypoint(analyze, _evaluate_preflight, from_run_folder=True),
     "transfer_concept": Entrypoint(run_transfer, transfer_preflight, parse=parse_transfer_config),
+    "align_features": Entrypoint(run_alignment, align_preflight, parse=parse_align_config),
 }

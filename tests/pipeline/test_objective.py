@@ -160,6 +160,7 @@ def test_objective_null_leaves_an_earlier_record_unread_and_unchanged(finished, 
     assert train_cycle(run_dir, MSE) == pytest.approx(json.loads(path.read_text())["value"])
     before = {name: digest for name, digest in snapshot(run_dir).items() if name != "config.yaml"}
     caplog.set_level("INFO")
+    caplog.clear()  # only the second command's lines (an earlier test may have left INFO on: the first's are caught)
     assert train_cycle(run_dir, ["cycle.max_cycles=1", "objective=null"]) is None
     assert "objective: null" in (run_dir / "config.yaml").read_text()  # the run's settings now: no objective
     assert {name: digest for name, digest in snapshot(run_dir).items() if name != "config.yaml"} == before

@@ -117,7 +117,8 @@ def card_figure(entry: dict, examples_KHW: np.ndarray | None = None) -> Figure:
     text has its room at `FONT_PT`."""
     images = examples_KHW is not None and len(examples_KHW) > 0
     gradient = entry.get("input_gradient_map")
-    panels = 2 + (gradient is not None)
+    effects = entry.get("logit_effects")  # absent (feature-alignment cards): no panel rather than an empty one
+    panels = 1 + (gradient is not None) + (effects is not None)
     width = PANEL_PX * panels
     bottom_px = BOTTOM_TITLE_PX + BARS_PX + CLASS_LABELS_PX
     top_px = TOP_TITLE_PX + TILE_PX + TILE_LABELS_PX if images else 0
@@ -137,9 +138,10 @@ def card_figure(entry: dict, examples_KHW: np.ndarray | None = None) -> Figure:
     if gradient is not None:
         _gradient(bottom[0], np.asarray(gradient, dtype=float))
     histogram, mode = entry["label_histogram"], entry["label_mode"]
-    _bars(bottom[-2], histogram, ["#e6780a" if c == mode else "#9aa5b1" for c in range(len(histogram))],
-          f"labels where it fires\n(max {max(histogram)})")
-    effects = entry.get("logit_effects") or [0.0] * len(histogram)
+    colors = ["#e6780a" if c == mode else "#9aa5b1" for c in range(len(histogram))]
+    _bars(bottom[-2 if effects is not None else -1], histogram, colors, f"labels where it fires\n(max {max(histogram)})")
+    if effects is None:
+        return fig
     _bars(bottom[-1], effects, ["#2166ac" if e >= 0 else "#b2182b" for e in effects],
           f"logit change when raised\n(\u00b1{max(map(abs, effects)):.2g})")
     return fig
@@ -236,3 +238,30 @@ def gallery_html(report: dict, pngs: dict[int, bytes], title: str) -> str:
             f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>"
             f"</header><main>{cards}</main></body></html>\n")
     return page.encode("ascii", "xmlcharrefreplace").decode("ascii")  # any token text, whatever the file encoding
+
+
+def pair_gallery_html(pairs: list, title: str, summary: str) -> str:
+    """A page of matched feature pairs (scripts/align_features.py): per pair, a heading with its correlation, then
+    the two features' cards side by side. `pairs`: ((entry_a, png_a), (entry_b, png_b), test correlation, training
+    correlation) per pair;
+    an entry may carry `top_texts` (the texts of its strongest examples), listed under its card."""
+    sections = []
+    for index, ((entry_a, png_a), (entry_b, png_b), correlation, train_correlation) in enumerate(pairs):
+        cards = []
+        for side, entry, png in (("A", entry_a, png_a), ("B", entry_b, png_b)):
+            card = _card_html(entry, png).replace("<h2>feature", f"<h2>model {side}: feature", 1)
+            card = card.replace(f'id="feature-{int(entry["feature"])}"', f'id="pair-{index}-{side.lower()}"', 1)
+            if entry.get("top_texts"):
+                items = "".join(f"<li>{html.escape(text)}</li>" for text in entry["top_texts"])
+                card = card.replace("</section>", f'<h3>strongest examples</h3><ol class="contexts">{items}</ol>'
+                                                  "</section>", 1)
+            cards.append(card)
+        sections.append(f'<section class="pair"><h2>pair {index + 1}: training correlation {train_correlation:.3f}, '
+                        f'test correlation {correlation:.3f}</h2>'
+                        f'<div class="pair-cards">{"".join(cards)}</div></section>')
+    style = STYLE + (".pair { grid-column: 1 / -1; } .pair-cards { display: grid; grid-template-columns: "
+                     "repeat(auto-fit, minmax(min(100%, 480px), 1fr)); gap: 1rem; }")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body><header><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>"
+            f"</header><main>{''.join(sections)}</main></body></html>\n")
+    return page.encode("ascii", "xmlcharrefreplace").decode("ascii")

@@ -9,17 +9,16 @@ selects the registered class (transfer/base.py) and whose other keys are that cl
 from __future__ import annotations
 
 import importlib
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import DictConfig
 
 from sae_ception.config import (CommonSettings, PathsConfig, WandbConfig, closest, config_container,
-                                registered_section, typed_section)
+                                model_group_section, registered_section, typed_section)
 from sae_ception.data import DATASETS, DatasetConfig
 from sae_ception.errors import ConfigError
-from sae_ception.models import MODELS, ModelConfig
+from sae_ception.models import ModelConfig
 from sae_ception.registry import Registry
 from sae_ception.sae import SAE_TYPES, SAEConfig
 
@@ -149,14 +148,6 @@ class TransferConfig(CommonSettings):
             method.validate_for(name, self)
 
 
-def _model_section(group: str, values: Any) -> ModelConfig:
-    """A model config typed for `model_a`/`model_b`; the model schema's own messages say `model.`, renamed."""
-    try:
-        return registered_section(group, MODELS, "name", values)
-    except ConfigError as ex:
-        raise ConfigError(re.sub(r"(?<![\w.])model\.", f"{group}.", str(ex))) from None
-
-
 def parse_transfer_config(cfg: DictConfig) -> TransferConfig:
     """Validate a composed configs/transfer_concept.yaml and return the typed `TransferConfig` (raises ConfigError)."""
     importlib.import_module("sae_ception.transfer.methods")  # registers every method
@@ -165,7 +156,7 @@ def parse_transfer_config(cfg: DictConfig) -> TransferConfig:
     dataset = registered_section("dataset", DATASETS, "name", container.pop("dataset", None))
     sae = container.pop("sae", None)
     sae = registered_section("sae", SAE_TYPES, "type", sae) if sae is not None else None
-    models = {group: _model_section(group, container.pop(group, None)) for group in ("model_a", "model_b")}
+    models = {group: model_group_section(group, container.pop(group, None)) for group in ("model_a", "model_b")}
     methods = {}
     for name, values in (container.pop("transfer", None) or {}).items():
         try:

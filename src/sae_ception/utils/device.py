@@ -51,6 +51,9 @@ def set_threads(setting: str) -> int:
     threads = max(1, threads)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits  # numpy's and scipy's BLAS (OpenBLAS, MKL) too: scikit-learn's dependency
+
+    threadpool_limits(limits=threads)
     return threads
 
 

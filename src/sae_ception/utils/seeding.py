@@ -2,17 +2,25 @@
 several processes, each process's own stream for dropout during classifier training (`seed_process_stream`)."""
 
 import random
+import zlib
 
 import numpy as np
 import torch
 
 STAGE_IDS = {"data": 0, "baseline": 1, "sae": 2, "evaluate": 3, "sharpen": 4, "auxiliary": 5, "model_a": 6, "model_b": 7,
-             "transfer": 8, "sae_a": 9, "sae_b": 10}
+             "transfer": 8, "sae_a": 9, "sae_b": 10, "sae_a_ceiling": 11, "sae_b_ceiling": 12, "mapping": 13}
 
 
 def stage_seed(seed: int, cycle: int, stage: str) -> int:
     """A well-mixed 31-bit seed, independent of which stages ran before in this process."""
     return int(np.random.SeedSequence([seed, cycle, STAGE_IDS[stage]]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def keyed_seed(seed: int, cycle: int, stage: str, key: str) -> int:
+    """`stage_seed` of one named item of a stage (e.g. the mapping `procrustes.codes.a_to_b`): independent of the
+    others and of their order (the key's CRC32 enters the seed sequence)."""
+    return int(np.random.SeedSequence([stage_seed(seed, cycle, stage), zlib.crc32(key.encode())])
+               .generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def seed_everything(seed: int) -> torch.Generator:

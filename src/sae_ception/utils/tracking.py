@@ -148,6 +148,30 @@ class Tracker:
             self.run.log({"transfer/table": wandb.Table(columns=COLUMNS, data=transfer_rows(summary))}
                          | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
 
+    def log_alignment(self, document: dict, plots: list[Path]) -> None:
+        """A feature-alignment run's results: `alignment/<space>/<direction>/<predictor>/<measure>` in the summary,
+        the shared-feature counts as `universality/<comparison>/<measure>`, the table and the plots."""
+        if self.run is None:
+            return
+        import wandb
+
+        from sae_ception.alignment.report import COLUMNS, table_rows
+
+        values = {}
+        for row in document["table"]:
+            prefix = f"alignment/{row['space']}/{row['direction']}/{row['predictor']}"
+            values |= {f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, (int, float))}
+        for key, u in document["universality"].items():
+            values |= {f"universality/{key}/{k}": v for k, v in u.items() if isinstance(v, (int, float))}
+            values |= {f"universality/{key}/matched_above_{t}": n for t, n in u["matched"].items()}
+        threshold = sorted(document["universality"]["a_vs_b"]["matched"])[0]
+        cells = table_rows(document, threshold)
+        columns = ["row", *[c.replace("{t}", threshold) for c in COLUMNS]]
+        with naming_failed_writes(self.files):
+            self.run.summary.update(values)
+            self.run.log({"alignment/table": wandb.Table(columns=columns, data=[[label, *c] for label, c in cells])}
+                         | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             run, self.run = self.run, None
