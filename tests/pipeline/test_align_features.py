@@ -101,8 +101,8 @@ def test_default_command_on_digits(tmp_path):
                                                        "mlp (same model)")}
     assert set(rows) == expected
     for (space, direction, predictor), row in rows.items():
-        kind = ("control" if predictor in ("mean", "identity") else "ceiling" if predictor.endswith("(same model)")
-                else "mapping")
+        controls = ("mean", "identity", "target's own codes")
+        kind = "control" if predictor in controls else "ceiling" if predictor.endswith("(same model)") else "mapping"
         assert row["kind"] == kind, (space, direction, predictor)
         assert -1.0 <= row["cosine"] <= 1.0 and row["r2"] <= 1.0
         assert set(row["budget"]) >= {"parameters", "steps"}

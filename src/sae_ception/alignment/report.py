@@ -89,8 +89,9 @@ def write_plots(ctx, document: dict) -> list[Path]:
     folder, paths = ctx.layout.plots(), []
     comparisons = document["universality"]
     fig, axes = plt.subplots(len(comparisons), 2, figsize=(10, 3 * len(comparisons)), squeeze=False)
-    bins = np.linspace(-0.2, 1.0, 49)
     for row, (key, u) in enumerate(comparisons.items()):
+        lowest = min([-0.2, *(v for values in u["histograms"].values() for v in values if v == v)])
+        bins = np.linspace(np.floor(lowest * 10) / 10, 1.0, 49)  # every value inside, whatever its sign
         for col, (kind, title) in enumerate((("best", "best correlation (test rows)"),
                                              ("matched", "paired on train, measured on test"))):
             ax = axes[row, col]
@@ -98,6 +99,7 @@ def write_plots(ctx, document: dict) -> list[Path]:
             ax.hist(u["histograms"][f"{kind}_null"], bins=bins, alpha=0.7, label="shuffled-row null")
             ax.set_title(f"{key}: {title}", fontsize=9)
             ax.set_xlabel("correlation")
+            ax.set_ylabel("feature pairs" if kind == "matched" else "A's features")
             ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(_save(fig, folder / "alignment_correlations.png"))
@@ -108,6 +110,7 @@ def write_plots(ctx, document: dict) -> list[Path]:
         ax.hist(values, bins=np.linspace(0, 1, 41))
         ax.set_title(f"crosscoder {name}: relative decoder norm\n0 = only A, 0.5 = shared, 1 = only B", fontsize=9)
         ax.set_xlabel("‖d_B‖ vs ‖d_A‖ (Minder et al. 2025)")
+        ax.set_ylabel(f"live latents ({len(values)} of {cc.get('d_latent')})")
         fig.tight_layout()
         paths.append(_save(fig, folder / f"crosscoder_{name}.png"))
         plt.close(fig)
