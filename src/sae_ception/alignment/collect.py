@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_ception.activations import SPLITS, _new_memmap, collect_activations, load_activations, write_manifest
+from sae_ception.activations import (SPLITS, _new_memmap, collect_activations, load_activations,
+                                     manifest_says_finite, write_manifest)
 from sae_ception.alignment.words import pair_words, tokenize_with_offsets, word_means
 from sae_ception.errors import ArtifactError, DivergenceError
 from sae_ception.models.hooks import capture_output
@@ -29,6 +30,7 @@ from sae_ception.utils.io import atomic_dir, write_json
 log = logging.getLogger(__name__)
 
 MADE_WITH = "made_with.json"
+BLOCK = 65536  # rows read at once when finiteness must be checked again
 
 
 def made_with(source, model, level: str, rows: dict[str, int]) -> dict:
@@ -36,7 +38,7 @@ def made_with(source, model, level: str, rows: dict[str, int]) -> dict:
     return {"model": state_digest(model), "layer": source.layer, "level": level, "rows": rows}
 
 
-def _recorded(folder: Path) -> dict | None:
+def recorded(folder: Path) -> dict | None:
     try:
         return json.loads((folder / MADE_WITH).read_text())
     except (OSError, ValueError):
@@ -45,7 +47,7 @@ def _recorded(folder: Path) -> dict | None:
 
 def usable(folder: Path, expected: dict) -> bool:
     """The folder holds complete activations made exactly as `expected` says (else it is recomputed)."""
-    if _recorded(folder) != expected:
+    if recorded(folder) != expected:
         return False
     try:
         load_activations(folder)
@@ -67,17 +69,24 @@ def example_activations(folder: Path, source, model, splits, accelerator, batch_
 
 
 def _checked(folder: Path, source) -> dict:
+    """The folder's activations, refused when a value is not finite: as its manifest recorded while they were
+    written (activations.write_manifest), or, when a file changed since, read again in blocks."""
     acts = load_activations(folder)
-    for name, split in acts.items():
-        if not bool(torch.isfinite(split.acts_ND[:65536]).all()):  # the manifest also records it; cheap first look
-            raise DivergenceError(f"model {source.side.upper()} gives non-finite activations at layer {source.layer} "
-                                  f"({folder}/{name}.acts.npy); it diverged, or does not fit this data")
+    finite = manifest_says_finite(folder)
+    if finite is None:
+        finite = all(bool(torch.isfinite(split.acts_ND[start:start + BLOCK]).all())
+                     for split in acts.values() for start in range(0, len(split.acts_ND), BLOCK))
+    if not finite:
+        raise DivergenceError(f"model {source.side.upper()} gives non-finite activations at layer {source.layer} "
+                              f"({folder}); it diverged, or does not fit this data")
     return acts
 
 
 @torch.no_grad()
-def _write_side_words(model, tokens: dict, pairing, groups, folder: Path, name: str, batch_size: int, device) -> None:
-    """One split of one side: each kept word's mean token activation, a batch of texts at a time."""
+def _write_side_words(model, tokens: dict, pairing, groups, folder: Path, name: str, batch_size: int, device) -> bool:
+    """One split of one side: each kept word's mean token activation, a batch of texts at a time. Returns whether
+    every value written is finite."""
+    finite = True
     n_texts = len(tokens["input_ids"])
     acts = _new_memmap(folder / f"{name}.acts.npy", np.float32, (len(pairing), model.target_width()))
     text_index = pairing.text_index
@@ -92,8 +101,11 @@ def _write_side_words(model, tokens: dict, pairing, groups, folder: Path, name: 
             model(batch)
             hidden = captured["acts"].float().cpu()
             rows = (text_index[lo:hi] - first).tolist()
-            acts[lo:hi] = word_means(hidden, groups[lo:hi], rows).numpy()
+            means = word_means(hidden, groups[lo:hi], rows).numpy()
+            finite &= bool(np.isfinite(means).all())
+            acts[lo:hi] = means
     acts.flush()
+    return finite
 
 
 def word_activations(folders: dict[str, Path], sources: dict, models: dict, texts: dict[str, list[str]],
@@ -121,15 +133,17 @@ def word_activations(folders: dict[str, Path], sources: dict, models: dict, text
             log.info("model %s: word activations of layer %d (%s words)", side.upper(), sources[side].layer,
                      " / ".join(f"{rows[n]} {n}" for n in SPLITS))
             with atomic_dir(folder) as tmp:
+                finite = True
                 for name in SPLITS:
                     pairing = pairings[name]
                     groups = pairing.groups_a if side == "a" else pairing.groups_b
-                    _write_side_words(model, tokens[side, name], pairing, groups, tmp, name, batch_size, device)
+                    finite &= _write_side_words(model, tokens[side, name], pairing, groups, tmp, name, batch_size,
+                                                device)
                     np.save(tmp / f"{name}.labels.npy", labels[name][pairing.text_index].numpy())
                     np.save(tmp / f"{name}.logits.npy", np.zeros((len(pairing), 0), np.float32))
                     np.save(tmp / f"{name}.text_index.npy", pairing.text_index.numpy())
                     np.save(tmp / f"{name}.word_spans.npy", pairing.spans.numpy())
-                write_manifest(tmp, True)
+                write_manifest(tmp, finite)
                 write_json(tmp / MADE_WITH, expected)
         out[side] = _checked(folder, sources[side])
         models[side].cpu()

@@ -91,7 +91,7 @@ class Crosscoder(nn.Module):
     def _pre(self, xn_a_BD: Optional[Tensor], xn_b_BE: Optional[Tensor]) -> Tensor:
         # each side is read relative to its decoder bias (the SAE's pre-encoder bias, Bricken et al. 2023), which
         # starts at the side's mean: on non-negative, uncentred activations the raw mean direction otherwise wins
-        # every top-k and most latents never fire (digits MLPs: 95% dead without it)
+        # every top-k and most latents never fire
         terms = [(x - b) @ W for x, b, W in ((xn_a_BD, self.b_dec_a_D, self.W_enc_a_DF),
                                              (xn_b_BE, self.b_dec_b_E, self.W_enc_b_EF)) if x is not None]
         if not terms:
@@ -198,9 +198,8 @@ class CrosscoderTraining:
     sparsity: str  # one of SPARSITIES
     k: Optional[int] = None  # BatchTopK's mean active latents per row (required for "batchtopk")
     # L1 weight on Σ_j z_j(||d_a,j|| + ||d_b,j||). With unit-mean-norm inputs the summed MSE is O(1) (2 when
-    # nothing is reconstructed) whatever the models' widths, so one value transfers across models; measured on
-    # the planted data of tests/alignment (true L0 2; F=48, lr 1e-2, 30 epochs): 1e-2 -> L0 10.5, 3e-2 -> L0 4.6,
-    # 1e-1 -> L0 3.2, at FVU 0.002, 0.002, 0.005. 3e-2 is the middle; denser real activations may want less.
+    # nothing is reconstructed) whatever the models' widths, so one value transfers across models (the mapping's
+    # YAML, configs/mapping/crosscoder_l1.yaml, sets its own).
     l1_coefficient: float = 3e-2
     epochs: int = 20
     batch_size: int = 256

@@ -119,16 +119,17 @@ def write_plots(ctx, document: dict) -> list[Path]:
     return paths
 
 
-def write_gallery(ctx, document: dict, saes: dict, codes: dict, acts: dict, count: int) -> Path:
+def write_gallery(ctx, document: dict, codes: dict, acts: dict, count: int, texts: list[str] | None = None) -> Path:
     """analysis/pairs.html: the `count` best matched A↔B feature pairs (by held-out correlation), each side's
-    feature-report card (its strongest test examples, label histogram) side by side."""
+    feature-report card (its strongest test examples, label histogram) side by side; `texts`: the test split's raw
+    texts (text data), shown for each strongest example."""
     from sae_ception.evaluation.features import feature_statistics
     from sae_ception.evaluation.gallery import card_png, pair_gallery_html
     from sae_ception.utils.io import write_text
 
     import torch
 
-    texts = _example_texts(ctx, acts, document["level"])
+    describe = _example_texts(ctx, document["level"], texts)
     fired = {side: (codes[side]["test"] > 0).sum(0) for side in ("a", "b")}
     pairs = [p for p in document["universality"]["a_vs_b"]["top_pairs"]  # ranked by training correlation; a pair
              if min(int(fired["a"][p[0]]), int(fired["b"][p[1]])) >= MIN_ACTIVE]  # must fire on enough test rows
@@ -141,7 +142,7 @@ def write_gallery(ctx, document: dict, saes: dict, codes: dict, acts: dict, coun
             entry = feature_statistics(codes[side]["test"], labels, torch.tensor([feature]), num_classes, 8)[0]
             examples = None
             if ctx.splits.is_text:
-                entry["top_texts"] = [texts(side, e["index"]) for e in entry["top_examples"]]
+                entry["top_texts"] = [describe(side, e["index"]) for e in entry["top_examples"]]
             elif document["level"] == "example":
                 rows = [e["index"] for e in entry["top_examples"]]
                 shape = ctx.splits.input_shape if len(ctx.splits.input_shape) == 2 else (1, ctx.splits.input_dim)
@@ -156,23 +157,19 @@ def write_gallery(ctx, document: dict, saes: dict, codes: dict, acts: dict, coun
     return path
 
 
-def _example_texts(ctx, acts: dict, level: str):
-    """(side, row) -> how a test row reads: its text, or (word level) the word in its text."""
-    if not ctx.splits.is_text:
+def _example_texts(ctx, level: str, texts: list[str] | None):
+    """(side, row) -> how a test row reads: its text, or (word level) the word marked inside its text."""
+    if texts is None:
         return lambda side, row: ""
-    from sae_ception.data import load_splits
-    from sae_ception.utils.seeding import stage_seed
-
-    raw = load_splits(ctx.cfg.dataset, seed=stage_seed(ctx.cfg.seed, 0, "data")).test.x
     if level == "example":
-        return lambda side, row: raw[row]
+        return lambda side, row: texts[row]
     import numpy as np
 
     folder = ctx.layout.root / "activations" / "a"
     text_index, spans = np.load(folder / "test.text_index.npy"), np.load(folder / "test.word_spans.npy")
 
     def word_in_text(side: str, row: int) -> str:
-        text, (start, end) = raw[int(text_index[row])], spans[row]
+        text, (start, end) = texts[int(text_index[row])], spans[row]
         return f"{text[start:end]!r} in: {text[:start]}[{text[start:end]}]{text[end:]}"
 
     return word_in_text

@@ -17,7 +17,7 @@ import torch
 
 from sae_ception.activations import SPLITS, _new_memmap
 from sae_ception.sae import SAEConfig
-from sae_ception.sae.base import SparseAutoencoder, build_sae, load_sae
+from sae_ception.sae.base import SparseAutoencoder, build_sae, frozen, load_sae
 from sae_ception.sae.trainer import train_sae
 from sae_ception.utils.io import META_FILE, atomic_dir, checkpoint_exists, read_json
 
@@ -41,7 +41,7 @@ def side_sae(run, name: str, sae_cfg: SAEConfig, train_ND: torch.Tensor, acts_ma
         extra = meta.get("extra") or {}
         if extra.get("made_with") == expected:
             log.info("%s: found %s, skipping (resume)", name, path)
-            return _frozen(load_sae(path)), extra["training"]
+            return frozen(load_sae(path)), extra["training"]
         log.info("%s: %s was trained on other rows or settings; training it again", name, path)
     torch.manual_seed(seed)
     sae = build_sae(sae_cfg, d_in=train_ND.shape[1])
@@ -49,20 +49,13 @@ def side_sae(run, name: str, sae_cfg: SAEConfig, train_ND: torch.Tensor, acts_ma
     stats = train_sae(sae, train_ND, sae_cfg, accelerator=run.accelerator, seed=seed, log_fn=run.log_fn(name),
                       show_progress=run.cfg.progress, what=f"SAE training of {name}")
     sae.save(path, extra={"made_with": expected, "training": stats})
-    return _frozen(sae), stats
-
-
-def _frozen(sae: SparseAutoencoder) -> SparseAutoencoder:
-    sae = sae.cpu().eval()
-    for param in sae.parameters():
-        param.requires_grad_(False)
-    return sae
+    return frozen(sae), stats
 
 
 def run_sae(path: Path) -> tuple[SparseAutoencoder, dict]:
     """A run folder's SAE (`align.sae_from_run`), frozen, with its recorded training stats (empty when none)."""
     meta = read_json(path / META_FILE, f"restore {path}, or set align.sae_from_run=false")
-    return _frozen(load_sae(path)), (meta.get("extra") or {}).get("training", {})
+    return frozen(load_sae(path)), (meta.get("extra") or {}).get("training", {})
 
 
 @torch.no_grad()

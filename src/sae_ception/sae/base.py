@@ -298,6 +298,14 @@ def build_sae(cfg: SAEConfig, d_in: int) -> SparseAutoencoder:
     return cls(cfg, d_in)
 
 
+def frozen(sae: "SparseAutoencoder") -> "SparseAutoencoder":
+    """`sae` on the CPU, in eval mode, with no parameter requiring gradients (an SAE read, never trained)."""
+    sae = sae.cpu().eval()
+    for param in sae.parameters():
+        param.requires_grad_(False)
+    return sae
+
+
 def load_sae(directory: Union[str, Path]) -> SparseAutoencoder:
     """Rebuild a saved SAE (any registered type) from its folder alone; returned on the CPU."""
     state, meta = load_checkpoint(directory)

@@ -9,7 +9,6 @@ Resumable: models trained here, activations and SAEs are artifacts that record w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from sae_ception.activations import SPLITS
-from sae_ception.alignment.collect import example_activations, word_activations
+from sae_ception.alignment.collect import example_activations, recorded, word_activations
 from sae_ception.alignment.config import AlignConfig
 from sae_ception.alignment.evaluate import prediction_measures, spliced_accuracy, universality
 from sae_ception.alignment.mapping import MAPPINGS, Mapping, column_means
@@ -34,7 +33,7 @@ from sae_ception.models.pretrained import load_tokenizer
 from sae_ception.run import RunContext
 from sae_ception.transfer.training import new_classifier, train_on_classes
 from sae_ception.utils.io import checkpoint_exists, read_json, write_json
-from sae_ception.utils.digest import state_digest
+from sae_ception.utils.digest import state_digest, value_digest
 from sae_ception.utils.seeding import keyed_seed, stage_seed
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,14 @@ OTHER = {"a": "b", "b": "a"}
 
 
 # --- data and models ------------------------------------------------------------------------------------------
+def raw_splits(ctx: RunContext):
+    """The dataset's splits as loaded (texts, not tokens), read once per run and shared by side B's tokenizer, the
+    word pairing and the gallery."""
+    if getattr(ctx, "_raw_splits", None) is None:
+        ctx._raw_splits = load_splits(ctx.cfg.dataset, seed=stage_seed(ctx.cfg.seed, 0, "data"))
+    return ctx._raw_splits
+
+
 def side_splits(ctx: RunContext, side: str):
     """The data as side `side`'s model reads it (A's is the run's own `ctx.splits`; B's tokenizer may differ)."""
     if side == "a":
@@ -51,8 +58,7 @@ def side_splits(ctx: RunContext, side: str):
     cached = getattr(ctx, "_splits_b", None)
     if cached is None:
         cfg, source = ctx.cfg, ctx.cfg.sources["b"]
-        raw = load_splits(cfg.dataset, seed=stage_seed(cfg.seed, 0, "data"))
-        cached = MODELS.get(source.model_cfg.name).prepare_splits(source.model_cfg, cfg.dataset, raw,
+        cached = MODELS.get(source.model_cfg.name).prepare_splits(source.model_cfg, cfg.dataset, raw_splits(ctx),
                                                                   cache_dir=ctx.layout.root / "cache")
         ctx._splits_b = cached
     return cached
@@ -114,7 +120,7 @@ def _activations(ctx: RunContext, models: dict) -> dict:
     if cfg.align.level == "example":
         return {side: example_activations(folders[side], cfg.sources[side], models[side], side_splits(ctx, side),
                                           ctx.accelerator, cfg.eval_batch_size) for side in SIDES}
-    raw = load_splits(cfg.dataset, seed=stage_seed(cfg.seed, 0, "data"))
+    raw = raw_splits(ctx)
     texts = {name: getattr(raw, name).x for name in SPLITS}
     labels = {name: getattr(raw, name).y for name in SPLITS}
     tokenizers = {side: load_tokenizer(cfg.sources[side].model_cfg.pretrained) for side in SIDES}
@@ -133,11 +139,9 @@ def _check_paired(acts: dict) -> None:
 
 def _saes(ctx: RunContext, acts: dict) -> dict:
     """{name: (sae, stats)} for sae_a, sae_b and (align.ceiling) their seed twins."""
-    from sae_ception.alignment.collect import _recorded
-
     cfg, out = ctx.cfg, {}
     for side in SIDES:
-        source, made = cfg.sources[side], _recorded(ctx.layout.root / "activations" / side)
+        source, made = cfg.sources[side], recorded(ctx.layout.root / "activations" / side)
         train = acts[side]["train"].acts_ND
         if cfg.align.sae_from_run and source.kind == "run":
             out[side] = run_sae(source.sae_checkpoint())
@@ -155,10 +159,6 @@ def _saes(ctx: RunContext, acts: dict) -> dict:
 
 
 # --- the table ------------------------------------------------------------------------------------------------
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class Table:
     """The rows of the alignment table, each computed once and kept in results/rows/ (reused on resume when what
     it was made with, its settings and exactly the artifacts it read, is unchanged; a damaged one is recomputed)."""
@@ -169,7 +169,7 @@ class Table:
     def row(self, key: str, made_with: dict, reads: list[str], compute) -> dict:
         """The row `key`, made with `made_with` from the artifacts `reads` (names in `digests`)."""
         path = self.ctx.layout.root / "results" / "rows" / f"{key}.json"
-        stamp = _digest({**made_with, "reads": {name: self.digests[name] for name in reads}})
+        stamp = value_digest({**made_with, "reads": {name: self.digests[name] for name in reads}})
         if path.is_file():
             try:
                 saved = read_json(path)
@@ -285,7 +285,8 @@ def run_alignment(ctx: RunContext) -> dict:
     if cfg.plots:
         write_plots(ctx, document)
     if settings.gallery_pairs:
-        write_gallery(ctx, document, saes, codes, acts, settings.gallery_pairs)
+        test_texts = raw_splits(ctx).test.x if ctx.splits.is_text else None
+        write_gallery(ctx, document, codes, acts, settings.gallery_pairs, test_texts)
     if ctx.tracker is not None and not cfg.plots:  # with plots, write_plots logs the results beside them
         ctx.tracker.log_alignment(document, [])
     return document

@@ -21,6 +21,7 @@ import torch
 
 from sae_ception.errors import ConfigError
 from sae_ception.sae import SparseAutoencoder, build_sae, load_sae, train_sae
+from sae_ception.sae.base import frozen
 from sae_ception.transfer.data import TransferData, class_order
 from sae_ception.transfer.layers import penultimate
 from sae_ception.utils.digest import state_digest
@@ -89,13 +90,6 @@ def centroids(codes_NC: torch.Tensor, labels_N: torch.Tensor, classes: list[int]
     return torch.stack(rows)
 
 
-def _frozen(sae: SparseAutoencoder) -> SparseAutoencoder:
-    sae = sae.cpu().eval()
-    for param in sae.parameters():
-        param.requires_grad_(False)
-    return sae
-
-
 def _expected(cfg, which: str, model) -> dict:
     """What an SAE of model `which` depends on: its images, its settings, and the model's weights (a model trained
     again, e.g. after its checkpoint was deleted, has other features)."""
@@ -152,7 +146,7 @@ def concept_saes(run, model_a, model_b, sample_seed: int) -> ConceptSAEs:
                             "fires on its training features, so every SAE-based method reads an empty concept space; "
                             f"change sae.* (e.g. sae.l1_coefficient, sae.lr) or the seed")
             log.warning("%s", warnings[-1])
-        saes[which], images[which] = _frozen(sae), chosen
+        saes[which], images[which] = frozen(sae), chosen
     return ConceptSAEs(saes["a"], saes["b"], images, steps, warnings)
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
+
+
+def value_digest(value) -> str:
+    """A short fingerprint (16 hex digits of SHA-256) of a JSON-able value, keys sorted: equal settings, equal digest."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def state_digest(module: torch.nn.Module) -> str:
