@@ -128,6 +128,29 @@ class AnalysisConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Fixed-seed samples of the metrics that cannot stream over every row (evaluation/representations.py,
+    METRICS_REFERENCE.md "Bounded memory"); each is the whole split when the split is no larger."""
+
+    probe_rows: int = 50_000  # training rows a linear probe is fitted on (it then scores every held-out row)
+    kmeans_rows: int = 50_000  # held-out rows k-means is fitted on (it then assigns every row)
+    silhouette_rows: int = 10_000  # held-out rows of the silhouettes
+    plot_rows: int = 5_000  # held-out rows drawn in the 2-D PCA plot
+    chunk_rows: int = 4096  # rows the streamed metrics read at once (memory: chunk_rows x units)
+
+    def __post_init__(self) -> None:
+        for setting in ("probe_rows", "kmeans_rows", "silhouette_rows", "plot_rows", "chunk_rows"):
+            value = getattr(self, setting)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"evaluation.{setting}={value} must be a positive integer")
+
+    def sampling(self):
+        from sae_ception.evaluation.representations import Sampling
+
+        return Sampling(self.probe_rows, self.kmeans_rows, self.silhouette_rows, self.plot_rows, self.chunk_rows)
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"  # offline (log locally, `wandb sync` later), online, or disabled
     project: str = "sae-ception"
@@ -208,6 +231,7 @@ class Config(Settings):
     cycle: CycleConfig = field(default_factory=CycleConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -246,6 +270,7 @@ _PLAIN_GROUPS = {
     "cycle": CycleConfig,
     "inputs": InputsConfig,
     "analysis": AnalysisConfig,
+    "evaluation": EvaluationConfig,
     "wandb": WandbConfig,
     "paths": PathsConfig,
 }

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 from accelerate import Accelerator
 
-from sae_ception.config import Config
+from sae_ception.config import Config, EvaluationConfig
 from sae_ception.config_file import read_run_config
 from sae_ception.data import DataSplits, load_splits
 from sae_ception.errors import ConfigError
@@ -29,11 +29,15 @@ log = logging.getLogger(__name__)
 RESUME_NEUTRAL = {
     ("resume",), ("run_dir",), ("paths",), ("wandb",), ("progress",), ("device",),
     ("eval_batch_size",), ("eval_cycle",), ("plots",), ("inputs",), ("analysis",), ("cycle", "max_cycles"), ("cycle", "current"),
-    ("threads",), ("objective",),
+    ("threads",), ("objective",), ("evaluation", "chunk_rows"),  # memory only: no number depends on it
     # concept transfer: which methods run, and their settings (each method's result records its own settings and
     # is recomputed when they change; models A and B do not depend on them)
     ("concept", "methods"), ("concept", "save_edited"), ("concept", "target_images"), ("transfer",),
 }
+
+# Config sections added after run folders without them were made. Such a run resumes as if it had the section's
+# defaults: `evaluation` (the metric samples) reads every row of splits up to 50,000 rows, as every run did before.
+SECTIONS_ADDED_LATER = {"evaluation": EvaluationConfig}
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class RunLayout:
     def feature_gallery(self, cycle: int) -> Path:
         """The feature report as a self-contained HTML page, one card per feature."""
         return self.root / "analysis" / f"cycle_{cycle}" / "index.html"
+
+    def codes(self, cycle: int, split: str) -> Path:
+        """SAE N's codes of model N's `split` rows, stored sparse (evaluation/rows.py): written by evaluation,
+        read by the feature report; rebuilt when the SAE or the activations changed since."""
+        return self.root / "codes" / f"cycle_{cycle}" / split
 
     def unit_scores(self, cycle: int) -> Path:
         """Per-unit CSI/U and 2-D PCA of the test codes, for plots."""
@@ -147,7 +156,11 @@ def check_resumable(layout: RunLayout, cfg: Config) -> None:
     if not layout.config.is_file():
         raise ConfigError(f"{layout.root} holds artifacts but no config.yaml; use a new run_dir")
     neutral = frozenset(getattr(cfg, "RESUME_NEUTRAL", ()))  # a config type's own (e.g. a transfer run's SAEs)
-    old = without_neutral(read_run_config(layout.config), neutral=neutral)
+    saved = read_run_config(layout.config)
+    for section, default in SECTIONS_ADDED_LATER.items():  # a run made before a section existed ran with its defaults
+        if section in asdict(cfg) and section not in saved:
+            saved[section] = asdict(default())
+    old = without_neutral(saved, neutral=neutral)
     new = without_neutral(asdict(cfg), neutral=neutral)
     diffs = differences(old, new)
     if diffs:
@@ -238,6 +251,7 @@ class RunContext:
     def remove_stale_temporaries(self) -> None:
         """Delete what a killed writer left behind (`.name.*.tmp`, `.name.old`); finished artifacts never match."""
         folders = [self.layout.root] + [self.layout.root / sub for sub in ("checkpoints", "activations", "results", "cache")]
+        folders += sorted((self.layout.root / "codes").glob("cycle_*"))  # code stores: codes/cycle_N/<split>
         for path in (p for folder in folders for pattern in (".*.tmp", ".*.old") for p in folder.glob(pattern)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

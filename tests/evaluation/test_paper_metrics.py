@@ -18,7 +18,7 @@ from sae_ception.evaluation.paper_metrics import (
     paper_unit_scores,
     percentile_rank,
 )
-from sae_ception.evaluation.representations import representation_metrics
+from sae_ception.evaluation.representations import in_memory, representation_metrics
 
 LN2, LN3 = math.log(2), math.log(3)
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -188,7 +188,7 @@ def test_the_results_families_hold_every_variant_beside_the_unchanged_keys(monke
     g = torch.Generator().manual_seed(3)
     labels = torch.arange(30) % 3
     test = {"dense": torch.randn(30, 6, generator=g), "sae": torch.relu(torch.randn(30, 12, generator=g))}
-    families, _ = representation_metrics(train=test, train_labels=labels, test=test, test_labels=labels, seed=0)
+    families, _ = representation_metrics({name: in_memory(x, x) for name, x in test.items()}, labels, labels, seed=0)
     for name, x in test.items():
         family = families[f"monosemanticity_{name}"]
         assert {k: family[k] for k in monosemanticity_metrics(x, labels)} == monosemanticity_metrics(x, labels)

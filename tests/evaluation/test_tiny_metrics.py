@@ -11,7 +11,7 @@ import torch
 
 from sae_ception.evaluation.performance import performance_metrics
 from sae_ception.evaluation.probes import linear_probe_accuracy
-from sae_ception.evaluation.representations import representation_metrics
+from sae_ception.evaluation.representations import in_memory, representation_metrics
 from sae_ception.utils.io import write_json
 
 TINY_SPLITS = {
@@ -33,8 +33,8 @@ def test_every_family_runs_on_a_tiny_test_split(name, features, tmp_path):
             "zeros": lambda r, c: torch.zeros(r, c)}[features]
     train_labels = torch.arange(20) % 3
     families, per_unit = representation_metrics(
-        train={"dense": torch.rand(20, 6), "sae": torch.relu(torch.randn(20, 12))}, train_labels=train_labels,
-        test={"dense": make(n, 6), "sae": make(n, 12)}, test_labels=labels, seed=0,
+        {"dense": in_memory(torch.rand(20, 6), make(n, 6)), "sae": in_memory(torch.relu(torch.randn(20, 12)), make(n, 12))},
+        train_labels, labels, seed=0,
     )
     assert set(families) == {"probe", "monosemanticity_dense", "monosemanticity_sae", "clustering_dense", "clustering_sae"}
     undefined_clustering = len(set(labels.tolist())) < 2 or len(set(labels.tolist())) > n - 1 or features != "random"

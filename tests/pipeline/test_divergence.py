@@ -91,7 +91,8 @@ def test_a_degenerate_sae_is_reported_as_such(dead_model_run):
         sae, probe = saved["metrics"]["sae"], saved["metrics"]["probe"]
         assert sae["dead_fraction"] == 1.0 and sae["explained_variance"] is None  # not "EV 1.000"
         assert probe["sae_accuracy"] is None and probe["dense_accuracy"] is not None
-        assert all(v is None for k, v in saved["metrics"]["clustering_sae"].items() if k != "silhouette_sample_size")
+        assert all(v is None for k, v in saved["metrics"]["clustering_sae"].items()
+                   if k not in ("silhouette_sample_size", "kmeans_sample_size"))
         meta = json.loads((run_dir / "checkpoints" / f"sae_cycle_{cycle}" / "config.json").read_text())
         assert meta["extra"]["training"]["degenerate"] is True
     assert all(r["sae_degenerate"] for r in results)

@@ -123,8 +123,16 @@ def test_relu_step_with_a_free_decoder_matches_autograd(normalize):
     assert radial.abs().max() > 1e-3  # the penalty does pull on row norms (what `unit` would project away)
 
 
+@pytest.fixture
+def hand_written_topk_at_any_size(monkeypatch):
+    """The TopK tests' batches are small: TopK would train them with autograd (topk.MIN_HAND_WRITTEN_VALUES)."""
+    from sae_ception.sae import topk
+
+    monkeypatch.setattr(topk, "MIN_HAND_WRITTEN_VALUES", 0)
+
+
 @pytest.mark.parametrize("normalize", ["none", "standardize"])
-def test_topk_step_matches_autograd_while_no_latent_is_dead(normalize):
+def test_topk_step_matches_autograd_while_no_latent_is_dead(normalize, hand_written_topk_at_any_size):
     cfg = TopKSAEConfig(d_sae=16, k=3, normalize=normalize)
     sae = perturbed(cfg)
     x = torch.randn(32, 6, dtype=torch.float64)
@@ -140,7 +148,8 @@ def test_topk_step_matches_autograd_while_no_latent_is_dead(normalize):
     assert torch.equal(out.fired_F, (ref.codes_BF != 0).any(0))
 
 
-def test_topk_with_dead_latents_takes_the_autograd_path_with_auxk():
+def test_topk_with_dead_latents_takes_the_hand_written_path_with_auxk(hand_written_topk_at_any_size):
+    """AuxK is hand-written too (tests/sae/test_fast_grads_topk_*.py check its edge cases)."""
     cfg = TopKSAEConfig(d_sae=16, k=3, aux_k=4)
     sae = perturbed(cfg)
     x = torch.randn(32, 6, dtype=torch.float64)
@@ -148,6 +157,7 @@ def test_topk_with_dead_latents_takes_the_autograd_path_with_auxk():
     dead[:8] = True
     out, grads = fast(sae, x, TrainingState(step=0, dead_F=dead, any_dead=True))
     ref, ref_grads = reference(sae, x, TrainingState(step=0, dead_F=dead, any_dead=True))
+    assert out.fired_F is not None  # the hand-written step's (autograd's leaves it to the trainer)
     assert out.losses["aux"] > 0
     torch.testing.assert_close(out.losses["total"], ref.losses["total"])
     for name in ref_grads:

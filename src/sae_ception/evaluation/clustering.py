@@ -46,9 +46,9 @@ def calinski_harabasz(features_NF: torch.Tensor, labels_N: torch.Tensor) -> floa
     return 1.0 if within == 0 else between * (n - k) / (within * (k - 1))
 
 
-def distinct_rows(x) -> int:
-    """How many different rows (dense array or CSR matrix). Each row's float32 bit patterns are hashed with fixed
-    random odd 64-bit weights in wrapping integer arithmetic: exact and independent of summation order, so
+def row_hashes(x) -> np.ndarray:
+    """[N] uint64 hash of each row (dense array or CSR matrix). Each row's float32 bit patterns are hashed with
+    fixed random odd 64-bit weights in wrapping integer arithmetic: exact and independent of summation order, so
     identical rows always hash alike (a float projection can round identical rows apart) and distinct rows
     collide with probability about 2^-64. -0.0 counts as 0.0, and a stored zero as an absent one."""
     n, f = x.shape
@@ -64,11 +64,15 @@ def distinct_rows(x) -> int:
         filled = np.diff(x.indptr) > 0
         if filled.any():
             hashes[filled] = np.add.reduceat(terms, x.indptr[:-1][filled])
-    else:
-        step = max(1, 2**21 // max(f, 1))  # bounds the (rows, F) uint64 temporary to 16 MB
-        hashes = np.concatenate([(bits(x[i:i + step]) * weights_F).sum(1, dtype=np.uint64) for i in range(0, n, step)]
-                                or [np.zeros(0, dtype=np.uint64)])
-    return len(np.unique(hashes))
+        return hashes
+    step = max(1, 2**21 // max(f, 1))  # bounds the (rows, F) uint64 temporary to 16 MB
+    return np.concatenate([(bits(x[i:i + step]) * weights_F).sum(1, dtype=np.uint64) for i in range(0, n, step)]
+                          or [np.zeros(0, dtype=np.uint64)])
+
+
+def distinct_rows(x) -> int:
+    """How many different rows (dense array or CSR matrix), by `row_hashes`."""
+    return len(np.unique(row_hashes(x)))
 
 
 def partition_is_scorable(labels: np.ndarray) -> bool:

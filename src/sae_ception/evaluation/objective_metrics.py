@@ -33,7 +33,7 @@ MONOSEMANTICITY = (
     *(f"{variant}_{stat}" for variant in VARIANTS for stat in ("mean", "live_units")),
 )
 CLUSTERING = ("ari_kmeans", "ari_argmax", "silhouette_labels", "silhouette_kmeans", "davies_bouldin",
-              "calinski_harabasz", "silhouette_sample_size", "argmax_clusters", "argmax_zero_rows")
+              "calinski_harabasz", "silhouette_sample_size", "kmeans_sample_size", "argmax_clusters", "argmax_zero_rows")
 REPRESENTATIONS = ("dense", "sae")  # the target layer, and the SAE's codes of it
 
 FAMILIES: dict[str, tuple[str, ...]] = {

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sae_ception.evaluation.report import ABSOLUTE, better_direction, flatten_metrics  # noqa: E402
 from sae_ception.utils.io import atomic_path  # noqa: E402
 
-COUNT_METRICS = ("num_units", "silhouette_sample_size")
+COUNT_METRICS = ("num_units", "silhouette_sample_size", "kmeans_sample_size")
 # Not drawn as family panels: counts that only qualify another metric (live units beside each mean, argmax cluster
 # counts) and the auxiliary family's budget and weighted terms (in results and the tables; constant or derived).
 NOT_PLOTTED = ("argmax_clusters", "argmax_zero_rows", "gradient_steps", "examples_seen", "candidates",

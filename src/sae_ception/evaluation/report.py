@@ -20,7 +20,7 @@ DIRECTIONS = {
     **{f"{variant}_live_units": 1
        for variant in ("csi", "u", "csi_paper", "u_paper", "u_paper_normalized", "u_v2", "u_v2_normalized")},
     "ari_kmeans": 1, "ari_argmax": 1, "silhouette_labels": 1, "silhouette_kmeans": 1, "davies_bouldin": -1,
-    "calinski_harabasz": 1, "silhouette_sample_size": 0, "argmax_clusters": 0, "argmax_zero_rows": -1,
+    "calinski_harabasz": 1, "silhouette_sample_size": 0, "kmeans_sample_size": 0, "argmax_clusters": 0, "argmax_zero_rows": -1,
     "dense_accuracy": 1, "sae_accuracy": 1,
     # concept transfer (scripts/transfer_concept.py, transfer/measures.py; compared as `concept/<name>` and
     # `budget/<name>`): target images called the target, accuracy on A's classes and its change from A, and

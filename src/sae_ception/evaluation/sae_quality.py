@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sae_ception.utils.batching import code_batch
+
 # Rows whose squared deviations from their mean sum to at most this share of their squared norms do not vary
 # (a constant layer, e.g. a dead ReLU layer): below float32 resolution, so explained variance is undefined.
 CONSTANT_ROWS = 1e-12
@@ -38,34 +40,62 @@ def reconstruct(sae, acts_ND: Tensor, batch_size: int = 4096) -> Tensor:
     return torch.cat([recon_BD.to(acts_ND.device) for _, _, recon_BD in _batches(sae, acts_ND, batch_size)])
 
 
+class QualitySums:
+    """Running float64 sums of `sae_quality` over batches (`update`), on the SAE's device; `result()` reads them
+    once. `mean_D` [d_in]: the rows' per-dim mean (a first pass), so the spread needs no one-pass cancellation."""
+
+    def __init__(self, sae, mean_D: Tensor):
+        self.sae, self.n = sae, 0
+        device, f64 = next(sae.parameters()).device, torch.float64
+        self.mean_D = mean_D.to(device=device, dtype=f64)
+        self.sse, self.sse_norm, self.spread, self.sum_sq, self.l0, self.l1 = (
+            torch.zeros((), dtype=f64, device=device) for _ in range(6))
+        self.fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def update(self, x_BD: Tensor, codes_BF: Tensor) -> None:
+        """Add a batch: raw rows `x_BD` and their codes `codes_BF` (both on the SAE's device, its dtype)."""
+        recon_BD, f64 = self.sae.decode(codes_BF), torch.float64
+        active_BF = codes_BF != 0
+        self.sse += (recon_BD - x_BD).pow(2).sum(dtype=f64)
+        self.sse_norm += (self.sae.normalize(recon_BD) - self.sae.normalize(x_BD)).pow(2).sum(dtype=f64)
+        self.spread += (x_BD.to(f64) - self.mean_D).pow(2).sum()
+        self.sum_sq += x_BD.to(f64).pow(2).sum()
+        self.l0 += active_BF.sum()
+        self.l1 += codes_BF.abs().sum(dtype=f64)
+        self.fired_F += active_BF.sum(0)
+        self.n += len(x_BD)
+
+    def result(self) -> dict[str, float]:
+        n, d_in = self.n, len(self.mean_D)
+        return {
+            "mse": (self.sse / (n * d_in)).item(),
+            "mse_normalized": (self.sse_norm / (n * d_in)).item(),
+            "explained_variance": explained_variance(self.sse.item(), self.spread.item(), self.sum_sq.item()),
+            "l0": (self.l0 / n).item(),
+            "l1": (self.l1 / n).item(),
+            "dead_fraction": (self.fired_F == 0).double().mean().item(),
+            "always_on_fraction": (self.fired_F == n).double().mean().item(),
+        }
+
+
+def row_mean(acts_ND: Tensor, batch_size: int = 65536) -> Tensor:
+    """Per-dim mean [d_in] in float64, summed a block at a time (a memory-mapped matrix is never copied whole)."""
+    total = sum((block.sum(0, dtype=torch.float64) for block in acts_ND.split(batch_size)),
+                torch.zeros(acts_ND.shape[1], dtype=torch.float64, device=acts_ND.device))
+    return total / len(acts_ND)
+
+
 @torch.no_grad()
 def sae_quality(sae, acts_ND: Tensor, batch_size: int = 4096) -> dict[str, float]:
     """mse (raw space, per element), mse_normalized (the SAE's normalised space, what training minimises),
     explained_variance (1 - SSE / sum of squared deviations from the per-dim mean, raw space; NaN when the
     rows do not vary: `explained_variance`), l0, l1, dead_fraction (never fires here) and always_on_fraction
-    (fires on every example)."""
-    n, d_in = acts_ND.shape
-    if n == 0:
+    (fires on every example). Batches hold at most `batch_size` rows and `CODE_BUDGET` code values (`code_batch`)."""
+    if len(acts_ND) == 0:
         raise ValueError("sae_quality needs at least one activation row")
-    device, f64 = next(sae.parameters()).device, torch.float64
-    mean_D = (acts_ND.sum(0, dtype=f64) / n).to(device)
-    sse, sse_norm, spread, sum_sq, l0, l1 = (torch.zeros((), dtype=f64, device=device) for _ in range(6))
-    fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
-    for x_BD, codes_BF, recon_BD in _batches(sae, acts_ND, batch_size):
-        active_BF = codes_BF != 0
-        sse += (recon_BD - x_BD).pow(2).sum(dtype=f64)
-        sse_norm += (sae.normalize(recon_BD) - sae.normalize(x_BD)).pow(2).sum(dtype=f64)
-        spread += (x_BD.to(f64) - mean_D).pow(2).sum()
-        sum_sq += x_BD.to(f64).pow(2).sum()
-        l0 += active_BF.sum()
-        l1 += codes_BF.abs().sum(dtype=f64)
-        fired_F += active_BF.sum(0)
-    return {
-        "mse": (sse / (n * d_in)).item(),
-        "mse_normalized": (sse_norm / (n * d_in)).item(),
-        "explained_variance": explained_variance(sse.item(), spread.item(), sum_sq.item()),
-        "l0": (l0 / n).item(),
-        "l1": (l1 / n).item(),
-        "dead_fraction": (fired_F == 0).double().mean().item(),
-        "always_on_fraction": (fired_F == n).double().mean().item(),
-    }
+    param, sums = next(sae.parameters()), QualitySums(sae, row_mean(acts_ND))
+    for x_BD in acts_ND.split(code_batch(batch_size, sae.d_sae)):
+        x_BD = x_BD.to(device=param.device, dtype=param.dtype)
+        sums.update(x_BD, sae.encode(x_BD))
+    return sums.result()

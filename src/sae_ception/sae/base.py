@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from sae_ception.errors import ArtifactError, ConfigError
 from sae_ception.sae.registry import SAE_TYPES
+from sae_ception.utils.batching import code_batch
 from sae_ception.utils.io import load_checkpoint, load_state_strict, save_checkpoint
 
 NORMALIZATIONS = ("none", "scale", "standardize")
@@ -157,9 +158,12 @@ class SparseAutoencoder(nn.Module):
     def _fit_encoder_scale_(self, sample_ND: Tensor) -> None:
         """Least-squares scalar on W_enc: a tied init over-reconstructs by about d_sae / (2 d_in), which costs
         short runs many steps. Exact for activations that are positively homogeneous while b_enc is 0."""
-        x_c_ND = self.normalize(sample_ND.to(self.norm_shift_D.device)) - self.b_dec_D
-        recon_ND = self.activation(x_c_ND @ self.W_enc_DF + self.b_enc_F) @ self.W_dec_FD
-        scale = (recon_ND * x_c_ND).sum() / recon_ND.pow(2).sum()
+        cross, squares = 0.0, 0.0  # Σ recon·x and Σ recon², summed over chunks that bound the dense codes held
+        for chunk_ND in sample_ND.split(code_batch(len(sample_ND), self.d_sae)):
+            x_c_ND = self.normalize(chunk_ND.to(self.norm_shift_D.device)) - self.b_dec_D
+            recon_ND = self.activation(x_c_ND @ self.W_enc_DF + self.b_enc_F) @ self.W_dec_FD
+            cross, squares = cross + (recon_ND * x_c_ND).sum(), squares + recon_ND.pow(2).sum()
+        scale = cross / squares
         if torch.isfinite(scale) and scale > 0:
             self.W_enc_DF.mul_(scale)
 

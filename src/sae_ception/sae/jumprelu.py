@@ -10,7 +10,8 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from sae_ception.sae.base import SAEConfig, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, TrainingState, check_setting
+from sae_ception.sae.fast_grads import jumprelu_loss_and_grads
 from sae_ception.sae.registry import SAE_TYPES
 
 
@@ -91,6 +92,10 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def loss_weights(self, state: Optional[TrainingState]) -> dict[str, float]:
         return {"l0": self.cfg.penalty_weight(state)}
+
+    def loss_and_grads(self, x_BD: Tensor, state: Optional[TrainingState] = None) -> SAEOutput:
+        """Hand-written gradients (fast_grads.jumprelu_loss_and_grads): the same straight-through estimators."""
+        return jumprelu_loss_and_grads(self, x_BD, self.cfg.penalty_weight(state))
 
     @torch.no_grad()
     def retune_thresholds(self, acts_ND: Tensor, target_l0: float, iterations: int = 40) -> float:

@@ -1,11 +1,14 @@
 """Train an SAE on cached activations: Adam with warmups and clipping, unit-norm decoder, dead-latent tracking.
 
-Each step asks the SAE for its losses and gradients (`loss_and_grads`: hand-written for ReLU and TopK,
-autograd otherwise), so the loop itself is the same for every variant and every stage. Everything per
-step stays on the device; the host syncs only on logged steps (every `log_every` steps and the last) and,
-on an accelerator every `DEAD_CHECK_EVERY` steps, to learn whether any latent is dead (variants skip
-dead-latent work while none is). Training L0 is counted on logged steps only, as a monitor; which latents
-fired, for dead-latent tracking, is known exactly at every step.
+Each step asks the SAE for its losses and gradients (`loss_and_grads`), so the loop itself is the same for every
+variant and every stage. All four standard variants, ReLU, TopK, JumpReLU and BatchTopK, hand-write them
+(sae/fast_grads.py; TopK's and BatchTopK's AuxK included while latents are dead); autograd on `forward` remains
+for BatchTopK in eval mode, for TopK and BatchTopK batches too small for the hand-written step to pay, and for
+the other variants (paper ReLU, the concept autoencoder). Everything per step stays on the device; the host
+syncs only on logged steps (every `log_every` steps and the last) and, on an accelerator every
+`DEAD_CHECK_EVERY` steps, to learn whether any latent is dead (variants skip dead-latent work while none is).
+Training L0 is counted on logged steps only, as a monitor; which latents fired, for dead-latent tracking, is
+known exactly at every step.
 
 Divergence stops training with a DivergenceError (one line naming the training and `sae.lr`), so nothing of
 it is saved: non-finite losses on a logged step, non-finite weights at the end (NaN weights persist, so the

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import torch
 
-from sae_ception.evaluation.features import feature_statistics, input_gradient_maps, logit_effects, most_active_features
+from sae_ception.evaluation.features import (input_gradient_maps, logit_effects, most_active_from_stats,
+                                             streamed_feature_statistics)
 from sae_ception.evaluation.gallery import card_caption, card_png, gallery_html
-from sae_ception.evaluation.representations import encode_all
 from sae_ception.evaluation.top_tokens import describe_top_tokens, top_activating_tokens
+from sae_ception.evaluation.unit_stats import unit_stats
 from sae_ception.models.pretrained import load_tokenizer
 from sae_ception.models.tokenize import token_texts
 from sae_ception.run import RunContext
 from sae_ception.stages.activations import activations_for_cycle
 from sae_ception.stages.artifacts import model_for_cycle, sae_for_cycle
+from sae_ception.stages.codes import codes_for_split
 from sae_ception.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,17 @@ log = logging.getLogger(__name__)
 def run_analysis(ctx: RunContext, cycle: int) -> Path:
     """Statistics, strongest examples and logit effects of the `analysis.num_features` most active features,
     with input-gradient maps (image data) or top tokens in context (text). A feature's logit effect raises
-    it by its mean activation when active."""
+    it by its mean activation when active. The statistics stream over the test codes stored sparse
+    (`codes_for_split`): memory is bounded by a chunk of rows whatever the split's size."""
     cfg = ctx.cfg.analysis
     model, sae = model_for_cycle(ctx, cycle), sae_for_cycle(ctx, cycle)
     test = activations_for_cycle(ctx, cycle)["test"]
-    codes_NF = encode_all(sae, test.acts_ND)
-    features = most_active_features(codes_NF, cfg.num_features)
-    report = feature_statistics(codes_NF, test.labels_N, features, ctx.splits.num_classes, cfg.top_k)
+    codes, _ = codes_for_split(ctx, cycle, "test", sae)  # stored sparse by the evaluation, else encoded now
+    chunk_rows = ctx.cfg.evaluation.chunk_rows
+    stats = unit_stats(codes, test.labels_N, chunk_rows)
+    features = most_active_from_stats(stats, cfg.num_features)
+    report = streamed_feature_statistics(codes, test.labels_N, stats, features, ctx.splits.num_classes, cfg.top_k,
+                                         chunk_rows)
     amounts = torch.tensor([entry["mean_activation"] for entry in report])
     device = ctx.accelerator.device
     effects_SC = logit_effects(model, sae, ctx.splits.test.x, features, amounts, ctx.cfg.eval_batch_size, device)
@@ -54,7 +60,7 @@ def run_analysis(ctx: RunContext, cycle: int) -> Path:
     path = ctx.layout.feature_report(cycle)
     if ctx.accelerator.is_main_process:
         document = {"cycle": cycle, "split": "test", "num_examples": len(test.labels_N),
-                    "num_latents": int(codes_NF.shape[1]), "features": report}
+                    "num_latents": int(codes.shape[1]), "features": report}
         write_json(path, document)
         write_gallery(ctx, cycle, document)
     log.info("cycle %d: feature report of %d features at %s", cycle, len(report), path)

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,13 +33,15 @@ from sae_ception.errors import ArtifactError, DivergenceError
 from sae_ception.evaluation.performance import performance_metrics, spliced_logits
 from sae_ception.evaluation.report import flatten_metrics
 from sae_ception.evaluation.results_file import read_results
-from sae_ception.evaluation.representations import encode_all, representation_metrics
-from sae_ception.evaluation.sae_quality import sae_quality
+from sae_ception.evaluation.representations import Representation, encode_rows, representation_metrics
+from sae_ception.evaluation.rows import DenseRows
+from sae_ception.evaluation.sae_quality import QualitySums, row_mean, sae_quality
 from sae_ception.run import RunContext
 from sae_ception.sae.trainer import DIVERGED_EXPLAINED_VARIANCE, fit_on_training_rows
 from sae_ception.stages.activations import activations_for_cycle
 from sae_ception.stages.artifacts import imported_from, model_for_cycle, sae_for_cycle
 from sae_ception.stages.auxiliary import auxiliary_metrics
+from sae_ception.stages.codes import codes_for_split
 from sae_ception.training.classifier import lr_setting_of
 from sae_ception.utils.io import load_tensors, read_json, save_tensors, write_json
 from sae_ception.utils.seeding import seed_everything
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 EVAL_SPLIT = "test"
 # Metrics of the SAE codes' families that stay defined when every latent is dead: they count units or rows.
-COUNTS = {"num_units", "dead_units", "never_or_always_firing_units", "silhouette_sample_size"}
+COUNTS = {"num_units", "dead_units", "never_or_always_firing_units", "silhouette_sample_size", "kmeans_sample_size"}
 
 
 def summary_line(cycle: int, metrics: dict[str, dict[str, float]], sae_degenerate: bool = False) -> str:
@@ -125,13 +127,15 @@ def auxiliary_family(ctx: RunContext, cycle: int) -> dict[str, dict[str, float]]
 class SplitEvaluation:
     """Metrics of model N with SAE N on one split: metric families (`{"performance": {...}, "sae": {...}, ...}`,
     undefined values NaN), per-unit arrays for plots (empty when no representation was evaluated), the
-    split's example count, whether the SAE is degenerate there (no latent fires), and warning lines."""
+    split's example count, whether the SAE is degenerate there (no latent fires), warning lines, and the
+    fixed-seed samples the sampled metrics read (None when no representation was evaluated)."""
 
     metrics: dict[str, dict[str, float]]
     per_unit: dict[str, torch.Tensor]
     num_examples: int
     degenerate: bool
     warnings: list[str] = field(default_factory=list)
+    sampling: Optional[dict] = None  # the fixed-seed samples the sampled metrics read (Sampling.record)
 
 
 def evaluate_split(ctx: RunContext, cycle: int, split: str, performance: bool = True,
@@ -145,13 +149,28 @@ def evaluate_split(ctx: RunContext, cycle: int, split: str, performance: bool = 
     model, sae = model_for_cycle(ctx, cycle), sae_for_cycle(ctx, cycle)
     activations = activations_for_cycle(ctx, cycle)
     held_out, train = activations[split], activations["train"]
-    quality = sae_quality(sae, held_out.sae_rows(ctx.cfg.sae.token_level).to(ctx.accelerator.device))
-    _check_finite(ctx, cycle, split, "sae", quality, ("mse", "mse_normalized", "l0", "l1"), "SAE")
-    if check_own_fit:
-        own_fit = fit_on_training_rows(sae, train.sae_rows(ctx.cfg.sae.token_level))["explained_variance"]
-        if own_fit is not None and own_fit < DIVERGED_EXPLAINED_VARIANCE:  # the trainer's rule, for SAEs it did not train
-            raise _diverged(ctx, cycle, f"its explained variance on the training rows is {own_fit:.3g}, below "
-                                        f"{DIVERGED_EXPLAINED_VARIANCE:g}", "SAE")
+    scored_rows = held_out.sae_rows(ctx.cfg.sae.token_level)  # token rows for a token-level SAE
+
+    def trust(quality: dict[str, float]) -> dict[str, float]:  # stops (one line, nothing written) on untrustworthy numbers
+        _check_finite(ctx, cycle, split, "sae", quality, ("mse", "mse_normalized", "l0", "l1"), "SAE")
+        if check_own_fit:
+            own_fit = fit_on_training_rows(sae, train.sae_rows(ctx.cfg.sae.token_level))["explained_variance"]
+            if own_fit is not None and own_fit < DIVERGED_EXPLAINED_VARIANCE:  # the trainer's rule, for SAEs it did not train
+                raise _diverged(ctx, cycle, f"its explained variance on the training rows is {own_fit:.3g}, below "
+                                            f"{DIVERGED_EXPLAINED_VARIANCE:g}", "SAE")
+        return quality
+
+    # The codes of every example are stored sparse. On per-example rows the same pass sums the SAE's quality, and
+    # the codes replace an older store only once those numbers are trusted; token rows are scored first.
+    one_pass = "sae" in representations and scored_rows is held_out.acts_ND and len(scored_rows) > 0
+    quality = None if one_pass else trust(sae_quality(sae, scored_rows))
+    codes = None
+    if "sae" in representations:
+        sums = QualitySums(sae, row_mean(scored_rows)) if one_pass else None
+        hooks = {"on_batch": sums.update, "before_commit": lambda: trust(sums.result())} if one_pass else {}
+        codes, encoded = codes_for_split(ctx, cycle, split, sae, **hooks)
+        if quality is None:  # one pass: its sums, or, when an earlier evaluation's store was reused, a pass now
+            quality = sums.result() if encoded else trust(sae_quality(sae, scored_rows))
     metrics: dict[str, dict[str, float]] = {}
     if performance:
         metrics["performance"] = performance_metrics(
@@ -164,14 +183,16 @@ def evaluate_split(ctx: RunContext, cycle: int, split: str, performance: bool = 
             _check_finite(ctx, cycle, split, "performance", metrics["performance"], ("loss",), "model")
             _check_finite(ctx, cycle, split, "performance", metrics["performance"], ("spliced_loss",), "SAE")
     metrics["sae"] = quality
-    families, per_unit = {}, {}
+    families, per_unit, sampling = {}, {}, None
     if representations:
-        codes = {"dense": lambda acts: acts, "sae": lambda acts: encode_all(sae, acts)}
-        families, per_unit = representation_metrics(
-            train={rep: codes[rep](train.acts_ND) for rep in representations}, train_labels=train.labels_N,
-            test={rep: codes[rep](held_out.acts_ND) for rep in representations}, test_labels=held_out.labels_N,
-            seed=ctx.seed_for(cycle, "evaluate"),
-        )
+        train_rows, seed = DenseRows(train.acts_ND), ctx.seed_for(cycle, "evaluate")
+        reps = {"dense": lambda: Representation(DenseRows(held_out.acts_ND), train_rows.take, len(train.labels_N)),
+                "sae": lambda: Representation(codes, lambda rows: encode_rows(sae, train_rows.take(rows)),
+                                              len(train.labels_N), codes=True)}
+        settings = ctx.cfg.evaluation.sampling()
+        families, per_unit = representation_metrics({rep: reps[rep]() for rep in representations}, train.labels_N,
+                                                    held_out.labels_N, seed, settings)
+        sampling = settings.record(len(train.labels_N), len(held_out.labels_N), seed)
     degenerate = quality["dead_fraction"] == 1.0
     warnings = []
     if quality["explained_variance"] < 0:  # (False when undefined: NaN)
@@ -185,7 +206,7 @@ def evaluate_split(ctx: RunContext, cycle: int, split: str, performance: bool = 
         warnings.append(f"the SAE of cycle {cycle} is degenerate: none of its {sae.d_sae} latents fires on the "
                         f"{split} split; its code-based metrics are undefined (null)")
         log.warning("cycle %d: %s", cycle, warnings[-1])
-    return SplitEvaluation({**metrics, **families}, per_unit, len(held_out.labels_N), degenerate, warnings)
+    return SplitEvaluation({**metrics, **families}, per_unit, len(held_out.labels_N), degenerate, warnings, sampling)
 
 
 def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[str, Any]:
@@ -216,6 +237,7 @@ def run_evaluate(ctx: RunContext, cycle: int, recompute: bool = False) -> dict[s
         "sae": str(ctx.layout.sae(cycle)),
         "sae_degenerate": evaluation.degenerate,
         "warnings": evaluation.warnings,
+        "sampling": evaluation.sampling,
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 3),
     }

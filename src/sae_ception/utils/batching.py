@@ -11,6 +11,14 @@ from typing import Iterator, Optional, Union
 import torch
 
 Inputs = Union[torch.Tensor, dict[str, torch.Tensor]]  # one split's model inputs, rows = examples
+CODE_BUDGET = 1 << 24  # dense SAE codes (rows x d_sae) one encoding batch may hold: 64 MB of float32
+
+
+def code_batch(batch_size: int, d_sae: int) -> int:
+    """Rows per batch that encodes with an SAE outside training: `batch_size`, fewer when a batch of dense codes would
+    exceed CODE_BUDGET values (4,096 rows at d_sae 4,096; 1,024 at 16,384), so a wide SAE's batch never takes more
+    memory than a narrow one's."""
+    return max(1, min(batch_size, CODE_BUDGET // max(d_sae, 1)))
 
 
 def shuffled_batches(
