@@ -98,7 +98,7 @@ def argmax_clusters(features_NF: np.ndarray) -> np.ndarray:
     return np.argmax(features_NF, axis=1)
 
 
-def _ari(labels: np.ndarray, clusters: np.ndarray) -> float:
+def adjusted_rand_or_nan(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Adjusted Rand index, NaN when every example is its own class and its own cluster (0/0)."""
     if len(np.unique(labels)) == len(labels) and len(np.unique(clusters)) == len(labels):
         return NAN
@@ -133,7 +133,7 @@ def clustering_metrics(
         warnings.simplefilter("ignore")  # k-means warns when there are fewer distinct points than k
         clusters = KMeans(n_clusters=min(k, distinct), n_init=n_init, random_state=seed).fit_predict(x)
     by_argmax = argmax_clusters(dense)
-    out["ari_kmeans"], out["ari_argmax"] = _ari(y, clusters), _ari(y, by_argmax)
+    out["ari_kmeans"], out["ari_argmax"] = adjusted_rand_or_nan(y, clusters), adjusted_rand_or_nan(y, by_argmax)
     if not math.isnan(out["ari_argmax"]):  # the counts describe the clusters that ARI scored
         out["argmax_clusters"], out["argmax_zero_rows"] = len(np.unique(by_argmax)), n - np.count_nonzero(dense.any(1))
     sample_size = sample if sample < n else None

@@ -22,8 +22,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances
 from sklearn.utils import check_random_state
 
-from sae_ception.evaluation.clustering import (NAN, SPARSE_DENSITY, _ari, partition_is_scorable, row_hashes,
-                                               silhouette)
+from sae_ception.evaluation.clustering import (NAN, SPARSE_DENSITY, adjusted_rand_or_nan, partition_is_scorable,
+                                               row_hashes, silhouette)
 from sae_ception.evaluation.rows import CHUNK_ROWS, Block, RowSource
 from sae_ception.evaluation.unit_stats import UnitStats
 
@@ -105,7 +105,7 @@ def streamed_clustering(source: RowSource, labels_N: torch.Tensor, stats: UnitSt
         clusters = kmeans.labels_
     else:
         clusters = np.concatenate([kmeans.predict(as_fitted(block)) for _, block in source.chunks(chunk_rows)])
-    out["ari_kmeans"], out["ari_argmax"] = _ari(y, clusters), _ari(y, by_argmax)
+    out["ari_kmeans"], out["ari_argmax"] = adjusted_rand_or_nan(y, clusters), adjusted_rand_or_nan(y, by_argmax)
     if not math.isnan(out["ari_argmax"]):  # the counts describe the clusters that ARI scored
         out["argmax_clusters"], out["argmax_zero_rows"] = len(np.unique(by_argmax)), zero_rows
     if silhouette_rows < n:
