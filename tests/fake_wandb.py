@@ -43,13 +43,14 @@ class _Summary(dict):
 class _Run:
     def __init__(self, folder):
         self.summary, self.url = _Summary(), None
+        self.step = int(os.environ.get("FAKE_WANDB_STEP", "0"))  # the next step wandb would log at (online resume: the server's)
         self.dir = os.path.join(folder, "wandb", "offline-run-fake", "files")
 
     def define_metric(self, *args, **kwargs):
         pass
 
-    def log(self, data):
-        _record("log", data={k: vars(v) if isinstance(v, (Table, Image)) else v for k, v in data.items()})
+    def log(self, data, step=None):
+        _record("log", data={k: vars(v) if isinstance(v, (Table, Image)) else v for k, v in data.items()}, step=step)
 
     def finish(self, exit_code=0):
         _record("finish", exit_code=exit_code)

@@ -29,7 +29,8 @@ from sae_ception.utils.device import make_accelerator, set_threads
 from sae_ception.utils.distributed import (check_batch_sizes, describe_processes, process_rank,
                                            single_process_launch_warning)
 from sae_ception.utils.io import WRITE_ERRNOS, user_path
-from sae_ception.utils.tracking import Tracker
+from sae_ception.utils.signals import sigterm_stops_cleanly
+from sae_ception.utils.tracking import Tracker, check_wandb_files
 
 log = logging.getLogger("sae_ception")
 
@@ -335,7 +336,14 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
     an error found before the task starts is the same on every process and printed by rank 0 only (or by the
     process whose own it is, `agreed_refusal`); one raised while the task runs is printed by every process that
     raises it, other ranks' lines prefixed `[rank N]`, except a divergence (losses are reduced over processes:
-    all see it alike)."""
+    all see it alike). SIGTERM stops it as Ctrl-C does (exit code 143, `utils.signals`): wandb is finished and
+    the folder resumes."""
+    with sigterm_stops_cleanly():
+        return _run_task(hydra_cfg, task, preflight, from_run_folder, log_name, parse)
+
+
+def _run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task], from_run_folder: bool,
+              log_name: Optional[str], parse: Callable[[DictConfig], Any]) -> Any:
     claim, started = None, False
     try:
         overrides = command_line_overrides(hydra_cfg)
@@ -354,6 +362,7 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
             try:
                 check_resumable(ctx.layout, cfg)  # under the lock: what the folder holds cannot change now
                 check_artifacts(ctx.layout)
+                check_wandb_files(ctx.layout.root, cfg.wandb)  # the run's wandb id and step ledger, if resumed
                 ctx.splits  # data problems surface here, before anything is written
                 if preflight is not None:
                     preflight(ctx)
@@ -380,6 +389,9 @@ def run_task(hydra_cfg: DictConfig, task: Task, preflight: Optional[Task] = None
                 result = task(ctx)
                 exit_code = 0
                 return result
+            except SystemExit as ex:  # e.g. SIGTERM's Terminated: wandb records the process's exit code
+                exit_code = ex.code if isinstance(ex.code, int) and ex.code else 1
+                raise
             finally:  # wandb is closed even when the task fails (an error closing it then must not hide the first)
                 if ctx.tracker is not None:
                     with contextlib.suppress(OSError) if exit_code else contextlib.nullcontext():

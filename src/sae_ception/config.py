@@ -5,6 +5,7 @@ Each group's schema lives beside its implementation and is found through that gr
 """
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
@@ -158,10 +159,16 @@ class WandbConfig:
     group: Optional[str] = None  # null: inside a --multirun sweep, the sweep's folder (utils/tracking.py), else none
     name: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    # seconds between writes of the rows to the run's .wandb file (wandb's x_transaction_log_flush_interval;
+    # 0: only when a 32 KiB block fills or the run ends): a SIGKILL loses at most the rows of this last stretch
+    flush_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.mode not in WANDB_MODES:
             raise ConfigError(f"wandb.mode={self.mode!r} is not valid; use one of {', '.join(WANDB_MODES)}")
+        if not (isinstance(self.flush_seconds, (int, float)) and 0 <= self.flush_seconds < math.inf):
+            raise ConfigError(f"wandb.flush_seconds={self.flush_seconds!r} is not valid; use a number of seconds "
+                              ">= 0 (0: write only when a block fills or the run ends)")
 
 
 @dataclass

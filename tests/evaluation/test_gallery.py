@@ -15,6 +15,7 @@ from sae_ception.evaluation import gallery
 from sae_ception.evaluation.gallery import card_caption, card_png, gallery_html
 from sae_ception.utils.io import write_text
 from sae_ception.utils.tracking import Tracker
+from sae_ception.utils.wandb_steps import LEDGER_FILE, StepLedger
 from tests.browser import card_layout, is_uniform, open_offline_page
 
 MIN_TEXT_PX = 11  # the smallest legible text on a card: in the picture's own pixels, and in CSS px on the page
@@ -114,7 +115,7 @@ class FakeRun:
     def __init__(self):
         self.logged: list[dict] = []
 
-    def log(self, metrics: dict) -> None:
+    def log(self, metrics: dict, step: int | None = None) -> None:
         self.logged.append(metrics)
 
 
@@ -127,7 +128,7 @@ def test_the_tracker_logs_one_image_per_card_and_nothing_when_disabled(tmp_path)
     tracker = Tracker(WandbConfig(mode="disabled"), tmp_path, config={})
     tracker.log_feature_cards(1, cards)  # disabled: no run, nothing to do
     assert tracker.run is None and not list(tmp_path.iterdir())
-    tracker.run = FakeRun()
+    tracker.run, tracker.steps = FakeRun(), StepLedger(tmp_path / LEDGER_FILE, "fake")
     tracker.log_feature_cards(1, cards)
     (logged,) = tracker.run.logged
     assert sorted(logged) == ["analysis/cycle_1/feature_3", "analysis/cycle_1/feature_7"]

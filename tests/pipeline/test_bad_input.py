@@ -48,6 +48,9 @@ def existing_run(tmp_path_factory):
         (["+cycle.epoch=3"], "cycle.epoch: not a setting; did you mean cycle.epochs?"),
         (["seed=-1"], "seed=-1 must be an integer in [0, 2^32)"),
         (["run_dir="], "run_dir is empty"),
+        (["wandb.flush_seconds=-1"], "wandb.flush_seconds=-1"),
+        (["wandb.flush_seconds=inf"], "wandb.flush_seconds=inf"),
+        (["wandb.flush_seconds=soon"], "wandb.flush_seconds"),
     ],
 )
 def test_bad_values_on_an_existing_run(caplog, existing_run, overrides, match):
@@ -145,3 +148,18 @@ def test_sae_of_another_type(caplog, existing_run, tmp_path):
         "inputs.sae", task=ENTRYPOINTS["train_auxiliary"].task, preflight=ENTRYPOINTS["train_auxiliary"].preflight,
     )
     assert "is a 'relu' SAE but sae.type='topk'" in message
+
+
+@pytest.mark.parametrize("files, match", [
+    ({"wandb_run_id.txt": "abc123\n", "wandb_steps.json": "{broken"}, "wandb_steps.json: not readable as JSON"),
+    ({"wandb_run_id.txt": "abc123\n", "wandb_steps.json": '{"run_id": "zzz", "reserved": 5, "segments": []}'},
+     "records wandb run 'zzz', but wandb_run_id.txt says 'abc123'"),
+    ({"wandb_steps.json": '{"run_id": "abc123", "reserved": 5, "segments": []}'}, "wandb_run_id.txt is missing"),
+    ({"wandb_run_id.txt": "not an id!\n"}, "is not a wandb run id"),
+])
+def test_damaged_wandb_files_of_a_resumed_run(caplog, tmp_path, fake_wandb, files, match):
+    """The wandb run id and step ledger a run folder keeps (README, "Uploading offline wandb runs")."""
+    run_in_process(run_cycles, tmp_path, ["cycle.max_cycles=0"])
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    expect_one_line_error(caplog, tmp_path, ["cycle.max_cycles=0", "wandb.mode=offline"], match)

@@ -1,4 +1,6 @@
-"""wandb logging: per-step losses on their own x-axis per stage, per-cycle metrics against the cycle index."""
+"""wandb logging: per-step losses on their own x-axis per stage, per-cycle metrics against the cycle index; every
+row at an explicit step from the run's step ledger (utils/wandb_steps.py), so a resumed run's segments never log
+the same step."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from sae_ception.errors import ArtifactError
 from sae_ception.utils.io import naming_failed_writes, write_text
+from sae_ception.utils.wandb_steps import (LEDGER_FILE, RUN_ID_FILE, StepLedger, earlier_segments_floor,
+                                           read_run_id)
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +48,39 @@ def run_group(wandb_cfg) -> Optional[str]:
     return wandb_cfg.group if wandb_cfg.group is not None else sweep_group()
 
 
+def check_wandb_files(run_dir: Path, wandb_cfg) -> Optional[str]:
+    """The wandb run id a resumed run folder recorded (None: none yet, or wandb disabled), after checking it and
+    the run's step ledger; ArtifactError naming the file when either is damaged (run before anything is written)."""
+    if wandb_cfg.mode == "disabled":
+        return None
+    id_file, ledger_file = run_dir / RUN_ID_FILE, run_dir / LEDGER_FILE
+    run_id = read_run_id(id_file)
+    if run_id is None and ledger_file.is_file():
+        raise ArtifactError(f"{id_file} is missing but {ledger_file} records this run's wandb steps; restore it, "
+                            "or delete both so that this run logs to a new wandb run")
+    if run_id is not None:
+        StepLedger.load(ledger_file, run_id)
+    return run_id
+
+
 class Tracker:
     """A thin wrapper so stages log with one call and tests (wandb.mode=disabled) start nothing at all."""
 
     def __init__(self, wandb_cfg, run_dir: Path, config: dict[str, Any]):
         self.run = None
+        self.steps: Optional[StepLedger] = None
         self.files = run_dir / "wandb"  # what a failed write names (wandb copies images and logs there)
         if wandb_cfg.mode == "disabled":
             return
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        id_file = run_dir / "wandb_run_id.txt"  # a resumed run keeps logging into the same wandb run
-        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file, ledger_file = run_dir / RUN_ID_FILE, run_dir / LEDGER_FILE
+        run_id = check_wandb_files(run_dir, wandb_cfg)  # a resumed run keeps logging into the same wandb run
+        # segments logged before the ledger existed numbered their rows from 0: this one starts after them
+        floor = earlier_segments_floor(self.files, run_id) if run_id is not None and not ledger_file.is_file() else 0
+        run_id = run_id or uuid.uuid4().hex[:12]
+        steps = StepLedger.load(ledger_file, run_id)
         write_text(id_file, run_id + "\n")
         group = run_group(wandb_cfg)
         if group is not None:
@@ -74,24 +99,39 @@ class Tracker:
             config=config,
             id=run_id,
             resume="allow",
+            # the .wandb file gets the rows every flush_seconds: a SIGKILL (no chance to finish) loses only those
+            settings={"x_transaction_log_flush_interval": float(wandb_cfg.flush_seconds)},
         )
+        # online, a resumed run's next step comes from the server (run.step); offline it is 0
+        self.steps = steps
+        self.steps.start_segment(wandb_cfg.mode, floor=max(floor, self.run.step))
         for stage in STAGES:
             self.run.define_metric(f"{stage}/step")
             self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
         self.run.define_metric("cycle")
         self.run.define_metric("eval/*", step_metric="cycle")
+        segment = len(self.steps.segments)
+        self._log({"run/segment": segment})  # where each segment starts, on wandb's own step axis
+        if segment > 1:
+            log.info("wandb: run %s resumed, segment %d from step %d (steps of earlier segments end below it)",
+                     run_id, segment, self.steps.segments[-1]["first_step"])
         if wandb_cfg.mode == "offline":
-            log.info("wandb logs offline under %s/wandb (upload later with `wandb sync`)", run_dir)
+            log.info("wandb logs offline under %s/wandb (upload later with `wandb sync %s/wandb/offline-run-*`: "
+                     "README, 'Uploading offline wandb runs')", run_dir, run_dir)
+
+    def _log(self, data: dict[str, Any]) -> None:
+        """One history row at this segment's next step."""
+        step = self.steps.next()
+        with naming_failed_writes(self.files):
+            self.run.log(data, step=step)
 
     def log_step(self, stage: str, metrics: dict[str, float], step: int) -> None:
         if self.run is not None:
-            with naming_failed_writes(self.files):
-                self.run.log({f"{stage}/{k}": v for k, v in metrics.items()} | {f"{stage}/step": step})
+            self._log({f"{stage}/{k}": v for k, v in metrics.items()} | {f"{stage}/step": step})
 
     def log_cycle(self, cycle: int, flat_metrics: dict[str, float]) -> None:
         if self.run is not None:
-            with naming_failed_writes(self.files):
-                self.run.log({f"eval/{k}": v for k, v in flat_metrics.items()} | {"cycle": cycle})
+            self._log({f"eval/{k}": v for k, v in flat_metrics.items()} | {"cycle": cycle})
 
     def log_summary(self, results: list[dict], plots: list[Path]) -> None:
         """The cross-cycle table and the run's plots, as a wandb table and images."""
@@ -105,8 +145,7 @@ class Tracker:
         columns = list(dict.fromkeys(k for flat in flats for k in flat))
         table = wandb.Table(columns=["cycle", *columns],
                             data=[[r["cycle"], *(flat.get(k) for k in columns)] for r, flat in zip(results, flats)])
-        with naming_failed_writes(self.files):
-            self.run.log({"summary/table": table} | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+        self._log({"summary/table": table} | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
 
     def log_feature_cards(self, cycle: int, cards: dict[int, tuple[bytes, str]]) -> None:
         """The analysis gallery: one image per feature card (PNG bytes and caption), `analysis/cycle_N/feature_<id>`."""
@@ -116,9 +155,8 @@ class Tracker:
         from PIL import Image
 
         prefix = f"analysis/cycle_{cycle}/feature_"
-        with naming_failed_writes(self.files):
-            self.run.log({f"{prefix}{feature}": wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
-                          for feature, (png, caption) in cards.items()})
+        self._log({f"{prefix}{feature}": wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
+                   for feature, (png, caption) in cards.items()})
 
     def log_objective(self, metric: str, value: Optional[float], split: str, cycle: int) -> None:
         """A search's objective (stages/objective.py) in the run's summary: `objective/value` (None: undefined),
@@ -145,8 +183,8 @@ class Tracker:
             values |= {f"diagnostics/{name}/{k}": v for k, v in (result.get("diagnostics") or {}).items()}
         with naming_failed_writes(self.files):
             self.run.summary.update(values)
-            self.run.log({"transfer/table": wandb.Table(columns=COLUMNS, data=transfer_rows(summary))}
-                         | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+        self._log({"transfer/table": wandb.Table(columns=COLUMNS, data=transfer_rows(summary))}
+                  | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
 
     def log_alignment(self, document: dict, plots: list[Path]) -> None:
         """A feature-alignment run's results: `alignment/<space>/<direction>/<predictor>/<measure>` in the summary,
@@ -169,8 +207,8 @@ class Tracker:
         columns = ["row", *[c.replace("{t}", threshold) for c in COLUMNS]]
         with naming_failed_writes(self.files):
             self.run.summary.update(values)
-            self.run.log({"alignment/table": wandb.Table(columns=columns, data=[[label, *c] for label, c in cells])}
-                         | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
+        self._log({"alignment/table": wandb.Table(columns=columns, data=[[label, *c] for label, c in cells])}
+                  | {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
