@@ -24,8 +24,10 @@ Autograd on `forward` is correct but does work a training step does not need. Wr
 - every large tensor of the dense steps lives in a `Workspace` reused from step to step: allocating fresh
   16 MB tensors each step made the CPU allocator map and fault in new pages every time (the entries steps'
   embedding_bag outputs are fresh: its out= variant measured no faster).
-The gradients are exactly those of `forward`'s loss (tests/sae/test_fast_grads*.py compare them).
-Tensors in the returned `SAEOutput` and the `.grad`s live in the workspace: valid until the next step.
+The gradients are those of `forward`'s loss, up to rounding (tests/sae/test_fast_grads*.py compare them; folding
+b_dec into the encoder bias rounds differently in float32 when inputs sit far from the origin).
+Some tensors in the returned `SAEOutput` and some `.grad`s (the dense steps' codes and gradients, the entries
+steps' codes and encoder gradients) live in the workspace: valid until the next step.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class Workspace:
         """A gradient buffer laid out like `param` (the fused Adam kernel walks both with its strides)."""
         name = f"grad_{id(param)}"
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.shape != param.shape or buffer.stride() != param.stride() or buffer.dtype != param.dtype:
+        if (buffer is None or buffer.shape != param.shape or buffer.stride() != param.stride()
+                or buffer.dtype != param.dtype or buffer.device != param.device):  # .to() keeps the Parameter
             buffer = self._buffers[name] = torch.empty_like(param)
         return buffer
 
@@ -351,7 +354,8 @@ class AuxKCodes(NamedTuple):
 def auxk_entries(pre_BF: Tensor, dead_F: Tensor, aux_k: int, fixed_size: bool | None = None,
                  dense_factor: float | None = None) -> AuxKCodes | None:
     """AuxK's codes (TopKSAE.auxiliary_losses): per example, ReLU of the `aux_k` largest pre-activations among
-    the dead latents, or None when no latent is dead.
+    the dead latents; on CPU None when no latent is dead (on an accelerator all-zero codes then, and the caller's
+    `dead_F.any()` gate makes AuxK 0).
 
     On an accelerator (`fixed_size`, default: not on CPU) the live latents are masked to -inf and each example
     gets aux_k entries (a fixed-size selection, no host sync), so some codes may be 0. On CPU only the M dead
@@ -416,7 +420,8 @@ def _entries_loss_and_grads(sae, ws: Workspace, x_norm_BD: Tensor, x_aug_BE: Ten
     W_dec_FD = sae.W_dec_FD
     recon_norm_BD = F.embedding_bag(latents_E, W_dec_FD, row_offsets_B, mode="sum",
                                     per_sample_weights=codes_E).add_(sae.b_dec_D)
-    residual_BD = torch.sub(x_norm_BD, recon_norm_BD) if aux_codes is not None else None
+    # contiguous whatever the input's layout (its .view(-1) below)
+    residual_BD = torch.sub(x_norm_BD, recon_norm_BD).contiguous() if aux_codes is not None else None
     mse, g_recon_BD = _mse_and_recon_grad(ws, recon_norm_BD, x_norm_BD)
     mse = mse + 0 * W_dec_FD.sum()  # NaN anywhere in W_dec shows in the loss, as in forward
     firing_E = codes_E.sign()  # codes are >= 0: 1 where the entry fired (ReLU's derivative), else 0
@@ -482,7 +487,7 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = None,
     """mse + aux_coefficient · AuxK of a TopK SAE (sae/topk.py): codes are ReLU of each example's k largest
     pre-activations (B × F), pre = x W_enc + b_enc − W_encᵀ b_dec. AuxK (Gao et al. 2024, as
     TopKSAE.auxiliary_losses): with `dead_F` (bool per latent; None or none dead: AuxK is 0), the top `aux_k`
-    dead latents per example (`auxk_entries`) reconstruct the detached residual r = x − recon without b_dec,
+    (None: the SAE's own `aux_k`) dead latents per example (`auxk_entries`) reconstruct the detached residual r = x − recon without b_dec,
     aux = ‖ê − r‖² / max(‖r‖², 1e-12).
 
     After the encoder GEMM the step reads only the k·B kept entries (b_i, f_i, z_i), k to an example (torch.topk:
@@ -503,6 +508,7 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = None,
     batch, width = x_norm_BD.shape[0], sae.d_sae
     x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
     pre_BF = torch.mm(x_aug_BE, encoder_EF, out=ws.get("codes", (batch, width), x_norm_BD))
+    aux_k = sae.aux_k if aux_k is None else aux_k
     aux_codes = auxk_entries(pre_BF, dead_F, aux_k) if dead_F is not None else None
     values_BK, latents_BK = pre_BF.topk(k, dim=-1, sorted=False)
     codes_BK = values_BK.relu_()
@@ -526,6 +532,7 @@ def batchtopk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = 
     batch, width = x_norm_BD.shape[0], sae.d_sae
     x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
     pre_BF = torch.mm(x_aug_BE, encoder_EF, out=ws.get("codes", (batch, width), x_norm_BD))
+    aux_k = sae.aux_k if aux_k is None else aux_k
     aux_codes = auxk_entries(pre_BF, dead_F, aux_k) if dead_F is not None else None
     if pre_BF.device.type == "cpu" and not torch.isfinite(x_aug_BE.sum() + encoder_EF.sum()):
         # a diverging run: NaN pre-activations are the largest values to torch.topk, as in `forward` (so the loss
