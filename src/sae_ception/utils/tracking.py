@@ -55,7 +55,7 @@ def check_wandb_files(run_dir: Path, wandb_cfg) -> Optional[str]:
         return None
     id_file, ledger_file = run_dir / RUN_ID_FILE, run_dir / LEDGER_FILE
     run_id = read_run_id(id_file)
-    if run_id is None and ledger_file.is_file():
+    if run_id is None and ledger_file.exists():
         raise ArtifactError(f"{id_file} is missing but {ledger_file} records this run's wandb steps; restore it, "
                             "or delete both so that this run logs to a new wandb run")
     if run_id is not None:
@@ -78,7 +78,7 @@ class Tracker:
         id_file, ledger_file = run_dir / RUN_ID_FILE, run_dir / LEDGER_FILE
         run_id = check_wandb_files(run_dir, wandb_cfg)  # a resumed run keeps logging into the same wandb run
         # segments logged before the ledger existed numbered their rows from 0: this one starts after them
-        floor = earlier_segments_floor(self.files, run_id) if run_id is not None and not ledger_file.is_file() else 0
+        floor = earlier_segments_floor(self.files, run_id) if run_id is not None and not ledger_file.exists() else 0
         run_id = run_id or uuid.uuid4().hex[:12]
         steps = StepLedger.load(ledger_file, run_id)
         write_text(id_file, run_id + "\n")
@@ -116,8 +116,8 @@ class Tracker:
             log.info("wandb: run %s resumed, segment %d from step %d (steps of earlier segments end below it)",
                      run_id, segment, self.steps.segments[-1]["first_step"])
         if wandb_cfg.mode == "offline":
-            log.info("wandb logs offline under %s/wandb (upload later with `wandb sync %s/wandb/offline-run-*`: "
-                     "README, 'Uploading offline wandb runs')", run_dir, run_dir)
+            log.info("wandb logs offline under %s/wandb (upload later with `wandb sync %s/wandb/offline-run-*-%s`: "
+                     "README, 'Uploading offline wandb runs')", run_dir, run_dir, run_id)
 
     def _log(self, data: dict[str, Any]) -> None:
         """One history row at this segment's next step."""

@@ -13,7 +13,7 @@ makes the second segment's rows land on the first one's steps (#3841, #5865). So
   is logged; a segment killed at any moment, with whatever wandb had flushed, never logged a step at or above
   `reserved`. Its successor starts there: a gap of at most RESERVE_BLOCK steps marks each resume.
 
-`wandb sync <run>/wandb/offline-run-*` (wandb >= 0.31) uploads a run's segments in order of start time, each one
+`wandb sync <run>/wandb/offline-run-*-<id>` (wandb >= 0.31) uploads a run's segments in order of start time, each one
 resuming the run (the `resume` intent each segment's run record carries); with disjoint steps no row replaces
 another. README "Uploading offline wandb runs" says how to check and upload.
 """
@@ -40,6 +40,7 @@ RUN_ID_FILE = "wandb_run_id.txt"
 RESERVE_BLOCK = 1000  # steps reserved per ledger write (one small atomic write per this many logged rows)
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what the product writes (12 hex digits) and wandb accepts in an id
 READER_TIMEOUT_S = 300
+MAX_STEP = 2**53  # wandb stores steps as int64 and its web UI reads them as float64: exact integers up to here
 
 
 @dataclass
@@ -60,7 +61,7 @@ class StepLedger:
     def load(cls, path: Path, run_id: str) -> "StepLedger":
         """The ledger at `path` (empty when there is none). Raises ArtifactError when the file is malformed or
         belongs to another run id."""
-        if not path.is_file():
+        if not path.exists():
             return cls(path, run_id)
         previous = read_ledger(path, run_id)
         return cls(path, run_id, reserved=previous["reserved"], segments=previous["segments"])
@@ -98,18 +99,20 @@ def read_ledger(path: Path, run_id: str) -> dict:
     a ledger of run `run_id`."""
     remedy = (f"it records the wandb steps of run {run_id}'s earlier segments; restore it, or delete it and "
               f"{path.parent / RUN_ID_FILE} so that this run logs to a new wandb run")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not a regular file; {remedy}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as ex:
         raise ArtifactError(f"{path}: not readable as JSON ({ex}); {remedy}") from None
     reserved, segments = (data.get("reserved"), data.get("segments")) if isinstance(data, dict) else (None, None)
-    valid = (isinstance(reserved, int) and not isinstance(reserved, bool) and reserved >= 0
+    valid = (isinstance(reserved, int) and not isinstance(reserved, bool) and 0 <= reserved <= MAX_STEP - RESERVE_BLOCK
              and isinstance(segments, list)
              and all(isinstance(s, dict) and isinstance(s.get("first_step"), int) and 0 <= s["first_step"] <= reserved
                      for s in segments))
     if not valid:
-        raise ArtifactError(f"{path}: not a wandb step ledger (want reserved: int >= 0 and segments: a list of "
-                            f"{{first_step <= reserved, ...}}); {remedy}")
+        raise ArtifactError(f"{path}: not a wandb step ledger (want reserved: an int in [0, 2^53 - {RESERVE_BLOCK}] "
+                            f"and segments: a list of {{first_step <= reserved, ...}}); {remedy}")
     if data.get("run_id") != run_id:
         raise ArtifactError(f"{path}: records wandb run {data.get('run_id')!r}, but wandb_run_id.txt says {run_id!r}; "
                             f"{remedy}")
@@ -118,12 +121,16 @@ def read_ledger(path: Path, run_id: str) -> dict:
 
 def read_run_id(path: Path) -> Optional[str]:
     """The wandb run id recorded in `path` (None when absent); ArtifactError when it is not a run id."""
-    if not path.is_file():
+    if not path.exists():
         return None
-    run_id = path.read_text(encoding="utf-8", errors="replace").strip()
+    remedy = "restore it, or delete it so that this run logs to a new wandb run"
+    try:
+        run_id = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as ex:  # a folder, no permission, ...
+        raise ArtifactError(f"{path}: not readable ({ex.strerror or ex}); {remedy}") from None
     if not RUN_ID.fullmatch(run_id):
         raise ArtifactError(f"{path}: {run_id[:80]!r} is not a wandb run id (1-64 letters, digits, '_' or '-'); "
-                            "restore it, or delete it so that this run logs to a new wandb run")
+                            f"{remedy}")
     return run_id
 
 
@@ -165,6 +172,10 @@ def earlier_segments_floor(wandb_dir: Path, run_id: str) -> int:
         try:
             last = max([last, *history_steps(wandb_file)])
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as ex:
-            log.warning("could not read %s (%s): this segment's wandb steps may repeat that segment's; upload "
-                        "that folder on its own, or skip it", wandb_file, ex)
+            # those segments numbered their rows 0, 1, ...: fewer rows than the file has bytes, so its size is
+            # past their last step
+            size = wandb_file.stat().st_size if wandb_file.exists() else 0
+            last = max(last, size)
+            log.warning("could not read %s (%s): this segment starts after step %d, its size in bytes (more than "
+                        "its rows)", wandb_file, ex, size)
     return last + 1
