@@ -43,7 +43,7 @@ class _Summary(dict):
 class _Run:
     def __init__(self, folder):
         self.summary, self.url = _Summary(), None
-        self.step = int(os.environ.get("FAKE_WANDB_STEP", "0"))  # the next step wandb would log at (online resume: the server's)
+        self.step = int(os.environ.get("FAKE_WANDB_STEP", "0"))  # wandb's next step (online resume: the server's)
         self.dir = os.path.join(folder, "wandb", "offline-run-fake", "files")
 
     def define_metric(self, *args, **kwargs):

@@ -487,8 +487,8 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = None,
     """mse + aux_coefficient · AuxK of a TopK SAE (sae/topk.py): codes are ReLU of each example's k largest
     pre-activations (B × F), pre = x W_enc + b_enc − W_encᵀ b_dec. AuxK (Gao et al. 2024, as
     TopKSAE.auxiliary_losses): with `dead_F` (bool per latent; None or none dead: AuxK is 0), the top `aux_k`
-    (None: the SAE's own `aux_k`) dead latents per example (`auxk_entries`) reconstruct the detached residual r = x − recon without b_dec,
-    aux = ‖ê − r‖² / max(‖r‖², 1e-12).
+    (None: the SAE's own `aux_k`) dead latents per example (`auxk_entries`) reconstruct the detached residual
+    r = x − recon without b_dec, aux = ‖ê − r‖² / max(‖r‖², 1e-12).
 
     After the encoder GEMM the step reads only the k·B kept entries (b_i, f_i, z_i), k to an example (torch.topk:
     a fixed-size selection, no host sync; codes may be 0 where fewer than k pre-activations are > 0), and AuxK's

@@ -13,9 +13,9 @@ makes the second segment's rows land on the first one's steps (#3841, #5865). So
   is logged; a segment killed at any moment, with whatever wandb had flushed, never logged a step at or above
   `reserved`. Its successor starts there: a gap of at most RESERVE_BLOCK steps marks each resume.
 
-`wandb sync <run>/wandb/offline-run-*-<id>` (wandb >= 0.31) uploads a run's segments in order of start time, each one
-resuming the run (the `resume` intent each segment's run record carries); with disjoint steps no row replaces
-another. README "Uploading offline wandb runs" says how to check and upload.
+`wandb sync <run>/wandb/offline-run-*-<id>` (wandb >= 0.31) uploads a run's segments in order of start time,
+each one resuming the run (the `resume` intent each segment's run record carries); with disjoint steps no row
+replaces another. README "Uploading offline wandb runs" says how to check and upload.
 """
 
 from __future__ import annotations
