@@ -138,3 +138,28 @@ def fake_wandb(tmp_path, monkeypatch) -> Path:
     monkeypatch.setitem(sys.modules, "wandb", module)
     monkeypatch.setenv("FAKE_WANDB_LOG", str(tmp_path / "wandb_calls.jsonl"))
     return tmp_path / "wandb_calls.jsonl"
+
+
+def wandb_env(tmp_path: Path) -> dict:
+    """Offline wandb with its caches and settings kept inside the test's folder, and its own service: without
+    WANDB_SERVICE, which a wandb run in this process exports and which would make every child process log
+    through this process's service (a killed child's run then stays open there)."""
+    home = tmp_path / "wandb_home"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
+            "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_DATA_DIR": str(home / "data")}
+
+
+@pytest.fixture
+def wandb_here(tmp_path, monkeypatch):
+    """Real offline wandb in this process (settings and caches in the test's folder); afterwards its service is
+    stopped and WANDB_SERVICE removed, so no later test's processes connect to it."""
+    env = wandb_env(tmp_path)
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_SILENT"):
+        monkeypatch.setenv(name, env[name])
+    yield env
+    import wandb
+
+    wandb.teardown()
+    os.environ.pop("WANDB_SERVICE", None)

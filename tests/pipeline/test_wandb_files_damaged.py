@@ -15,7 +15,7 @@ from sae_ception.utils import wandb_steps
 from sae_ception.utils.tracking import Tracker
 from sae_ception.utils.wandb_steps import history_steps, segment_files
 from tests.pipeline.helpers import expect_one_line_error, run_in_process
-from tests.pipeline.test_wandb_resume import LEGACY_SEGMENT, wandb_env
+from tests.pipeline.test_wandb_resume import LEGACY_SEGMENT
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,8 @@ def test_a_wandb_file_that_is_not_a_file_stops_in_one_line(caplog, tmp_path, fak
     expect_one_line_error(caplog, tmp_path, ["cycle.max_cycles=0", "wandb.mode=offline"], folder)
 
 
-def test_a_pre_ledger_segment_the_reader_cannot_read_is_still_not_overlapped(tmp_path, monkeypatch):
-    env = wandb_env(tmp_path)
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_SILENT"):
-        monkeypatch.setenv(name, env[name])
+def test_a_pre_ledger_segment_the_reader_cannot_read_is_still_not_overlapped(tmp_path, monkeypatch, wandb_here):
+    env = wandb_here
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (tmp_path / "legacy.py").write_text(LEGACY_SEGMENT)
@@ -58,5 +56,6 @@ def test_a_pre_ledger_segment_the_reader_cannot_read_is_still_not_overlapped(tmp
     tracker.finish()
     monkeypatch.setattr(wandb_steps, "READER_TIMEOUT_S", 300)
 
-    _, new = segment_files(run_dir / "wandb", "legacy02")
+    old_file, new = segment_files(run_dir / "wandb", "legacy02")  # the same second: wandb names the new one `-1`
+    assert old_file == old
     assert min(history_steps(new)) > 4, f"the resumed segment logged {history_steps(new)}, the old one 0..4"

@@ -4,7 +4,6 @@ step, read back with wandb's own reader (`wandb leet inspect --json`) and listed
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,19 +15,11 @@ import pytest
 from sae_ception.config import WandbConfig
 from sae_ception.utils.tracking import Tracker
 from sae_ception.utils.wandb_steps import LEDGER_FILE, history_steps, read_ledger, segment_files
-from tests.conftest import PROJECT_ROOT, TINY
+from tests.conftest import PROJECT_ROOT, TINY, wandb_env
 
 pytestmark = pytest.mark.slow
 
 WANDB_OWN = {"_step", "_runtime", "_timestamp"}
-
-
-def wandb_env(tmp_path: Path) -> dict:
-    """Offline wandb with its caches and settings kept inside the test's folder."""
-    home = tmp_path / "wandb_home"
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-            "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_CACHE_DIR": str(home / "cache"),
-            "WANDB_DATA_DIR": str(home / "data")}
 
 
 def records(wandb_file: Path) -> list[dict]:
@@ -84,7 +75,7 @@ def stop_after_first_sae(tmp_path: Path, sig: int, wait_s: float, *extra: str) -
 
 def check_segments(run_dir: Path, whole_rows: list[dict]) -> list[Path]:
     """Two segments of one run id, both asking to resume; every row of the uninterrupted run in one of them; each
-    step once, the second segment's above the first's; the ledger agrees; a dry sync lists both, oldest first."""
+    step once, the second segment's above the first's; the ledger agrees; README's dry sync lists both."""
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     first, second = files = segment_files(run_dir / "wandb", run_id)
     assert [f.parent.name.startswith("offline-run-") for f in files] == [True, True]
@@ -108,10 +99,12 @@ def check_segments(run_dir: Path, whole_rows: list[dict]) -> list[Path]:
     assert not missing, missing[:5]
     assert [item["run/segment"] for f in files for item in rows(f) if "run/segment" in item] == [1, 2]
 
-    dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", *map(str, files)],
+    # README's command: `wandb sync --dry-run <run>/wandb/offline-run-*/run-$id.wandb`
+    readme_paths = sorted(map(str, (run_dir / "wandb").glob(f"offline-run-*/run-{run_id}.wandb")))
+    dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", *readme_paths],
                          env=wandb_env(run_dir), capture_output=True, text=True, timeout=300)
     listed = dry.stdout + dry.stderr
-    assert "Would sync 2 run(s)" in listed and listed.index(first.parent.name) < listed.index(second.parent.name)
+    assert "Would sync 2 run(s)" in listed and first.parent.name in listed and second.parent.name in listed
     return files
 
 
@@ -144,11 +137,9 @@ run.finish()
 """
 
 
-def test_a_segment_logged_before_the_ledger_existed_is_continued_after(tmp_path, monkeypatch):
+def test_a_segment_logged_before_the_ledger_existed_is_continued_after(tmp_path, wandb_here):
     """A run folder from an older version: wandb_run_id.txt and an offline segment numbered from 0, no ledger."""
-    env = wandb_env(tmp_path)
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_SILENT"):
-        monkeypatch.setenv(name, env[name])
+    env = wandb_here
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (tmp_path / "legacy.py").write_text(LEGACY_SEGMENT)

@@ -82,13 +82,22 @@ def test_a_run_id_reads_back(tmp_path):
     assert read_run_id(path) == "0a1b2c3d4e5f"
 
 
-def test_segment_files_come_in_order_of_start_time(tmp_path):
-    for name in ("offline-run-20261130_190640-abc", "run-20261130_190500-abc", "offline-run-20261129_000000-abc",
-                 "offline-run-20261130_190640-other"):
+@pytest.mark.parametrize("run_id", ["abc", "ab-12"])
+def test_segment_files_come_in_order_of_start_time(tmp_path, run_id):
+    """Folders are named by local start time to the second; segments started in the same second get -1, -2, ..."""
+    names = [f"offline-run-20261130_190640-{run_id}", f"run-20261130_190500-{run_id}",
+             f"offline-run-20261129_000000-{run_id}", f"offline-run-20261130_190640-{run_id}-10",
+             f"offline-run-20261130_190640-{run_id}-2", f"offline-run-20261130_190640-{run_id}-1"]
+    for name in names:
         (tmp_path / name).mkdir()
-        (tmp_path / name / f"run-{name.rsplit('-', 1)[1]}.wandb").write_bytes(b"")
-    assert [f.parent.name for f in segment_files(tmp_path, "abc")] == [
-        "offline-run-20261129_000000-abc", "run-20261130_190500-abc", "offline-run-20261130_190640-abc"]
+        (tmp_path / name / f"run-{run_id}.wandb").write_bytes(b"")
+    (tmp_path / "offline-run-20261130_190640-other").mkdir()
+    (tmp_path / "offline-run-20261130_190640-other" / "run-other.wandb").write_bytes(b"")
+    (tmp_path / f"offline-run-20261130_190641-{run_id}").mkdir()  # no transaction log: not a segment
+    assert [f.parent.name for f in segment_files(tmp_path, run_id)] == [
+        f"offline-run-20261129_000000-{run_id}", f"run-20261130_190500-{run_id}", f"offline-run-20261130_190640-{run_id}",
+        f"offline-run-20261130_190640-{run_id}-1", f"offline-run-20261130_190640-{run_id}-2",
+        f"offline-run-20261130_190640-{run_id}-10"]
 
 
 def _tracker(run_dir, **wandb):

@@ -116,8 +116,9 @@ class Tracker:
             log.info("wandb: run %s resumed, segment %d from step %d (steps of earlier segments end below it)",
                      run_id, segment, self.steps.segments[-1]["first_step"])
         if wandb_cfg.mode == "offline":
-            log.info("wandb logs offline under %s/wandb (upload later with `wandb sync %s/wandb/offline-run-*-%s`: "
-                     "README, 'Uploading offline wandb runs')", run_dir, run_dir, run_id)
+            log.info("wandb logs offline under %s/wandb (upload later with "
+                     "`wandb sync %s/wandb/offline-run-*/run-%s.wandb`: README, 'Uploading offline wandb runs')",
+                     run_dir, run_dir, run_id)
 
     def _log(self, data: dict[str, Any]) -> None:
         """One history row at this segment's next step."""

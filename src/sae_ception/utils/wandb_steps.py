@@ -13,7 +13,7 @@ makes the second segment's rows land on the first one's steps (#3841, #5865). So
   is logged; a segment killed at any moment, with whatever wandb had flushed, never logged a step at or above
   `reserved`. Its successor starts there: a gap of at most RESERVE_BLOCK steps marks each resume.
 
-`wandb sync <run>/wandb/offline-run-*-<id>` (wandb >= 0.31) uploads a run's segments in order of start time,
+`wandb sync <run>/wandb/offline-run-*/run-<id>.wandb` (wandb >= 0.31) uploads a run's segments in order of start time,
 each one resuming the run (the `resume` intent each segment's run record carries); with disjoint steps no row
 replaces another. README "Uploading offline wandb runs" says how to check and upload.
 """
@@ -134,12 +134,21 @@ def read_run_id(path: Path) -> Optional[str]:
     return run_id
 
 
+SEGMENT_FOLDER = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(.+)")  # [offline-]run-<time>-<id>[-<n>]
+
+
 def segment_files(wandb_dir: Path, run_id: str) -> list[Path]:
-    """The transaction logs (`.wandb` files) of run `run_id`'s segments under `wandb_dir` (offline and online
-    folders), in order of their folders' start times."""
-    folders = [p for p in wandb_dir.glob(f"*run-*-{run_id}") if p.is_dir()]
-    folders.sort(key=lambda p: p.name.split("run-", 1)[1])  # YYYYMMDD_HHMMSS-<id>
-    return [f for folder in folders for f in sorted(folder.glob(f"run-{run_id}.wandb"))]
+    """The transaction logs (`run-<id>.wandb`) of run `run_id`'s segments under `wandb_dir`, offline and online, in
+    order of their folders' names: `[offline-]run-<YYYYMMDD_HHMMSS>-<id>`, local start time to the second, then
+    `-1`, `-2`, ... after the id for segments that started in the same second (wandb's `x_sync_dir_suffix`)."""
+    def order(wandb_file: Path) -> tuple[str, int]:
+        match = SEGMENT_FOLDER.fullmatch(wandb_file.parent.name)
+        if match is None:
+            return wandb_file.parent.name, 0
+        suffix = match.group(2)[len(run_id) + 1:] if match.group(2).startswith(run_id + "-") else ""
+        return match.group(1), int(suffix) if suffix.isdigit() else 0
+
+    return sorted((f for f in wandb_dir.glob(f"*run-*/run-{run_id}.wandb") if f.is_file()), key=order)
 
 
 def history_steps(wandb_file: Path) -> list[int]:
