@@ -4,8 +4,6 @@ holds, a folder where a file belongs, a segment from before the ledger that wand
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +13,7 @@ from sae_ception.utils import wandb_steps
 from sae_ception.utils.tracking import Tracker
 from sae_ception.utils.wandb_steps import history_steps, segment_files
 from tests.pipeline.helpers import expect_one_line_error, run_in_process
-from tests.pipeline.test_wandb_resume import LEGACY_SEGMENT
+from tests.pipeline.test_wandb_resume import legacy_run
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +38,7 @@ def test_a_wandb_file_that_is_not_a_file_stops_in_one_line(caplog, tmp_path, fak
 
 
 def test_a_pre_ledger_segment_the_reader_cannot_read_is_still_not_overlapped(tmp_path, monkeypatch, wandb_here):
-    env = wandb_here
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (tmp_path / "legacy.py").write_text(LEGACY_SEGMENT)
-    subprocess.run([sys.executable, str(tmp_path / "legacy.py"), str(run_dir), "legacy02"], env=env, check=True,
-                   timeout=300)
-    (run_dir / "wandb_run_id.txt").write_text("legacy02\n")
-    (old,) = segment_files(run_dir / "wandb", "legacy02")
-    assert history_steps(old) == [0, 1, 2, 3, 4]
+    run_dir, old = legacy_run(tmp_path, "legacy02", wandb_here)
 
     monkeypatch.setattr(wandb_steps, "READER_TIMEOUT_S", 0.001)  # a reader that does not finish in time (a big log)
     tracker = Tracker(WandbConfig(mode="offline"), run_dir, config={"seed": 0})

@@ -137,15 +137,23 @@ run.finish()
 """
 
 
-def test_a_segment_logged_before_the_ledger_existed_is_continued_after(tmp_path, wandb_here):
-    """A run folder from an older version: wandb_run_id.txt and an offline segment numbered from 0, no ledger."""
-    env = wandb_here
+def legacy_run(tmp_path: Path, run_id: str, env: dict) -> tuple[Path, Path]:
+    """A run folder as versions before the ledger left it: wandb_run_id.txt and one offline segment whose rows
+    are numbered 0..4, no wandb_steps.json. Returns (run folder, the segment's .wandb file)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (tmp_path / "legacy.py").write_text(LEGACY_SEGMENT)
-    subprocess.run([sys.executable, str(tmp_path / "legacy.py"), str(run_dir), "legacy01"], env=env, check=True,
+    subprocess.run([sys.executable, str(tmp_path / "legacy.py"), str(run_dir), run_id], env=env, check=True,
                    timeout=300)
-    (run_dir / "wandb_run_id.txt").write_text("legacy01\n")
+    (run_dir / "wandb_run_id.txt").write_text(run_id + "\n")
+    (segment,) = segment_files(run_dir / "wandb", run_id)
+    assert history_steps(segment) == [0, 1, 2, 3, 4]
+    return run_dir, segment
+
+
+def test_a_segment_logged_before_the_ledger_existed_is_continued_after(tmp_path, wandb_here):
+    """A run folder from an older version: wandb_run_id.txt and an offline segment numbered from 0, no ledger."""
+    run_dir, _ = legacy_run(tmp_path, "legacy01", wandb_here)
     tracker = Tracker(WandbConfig(mode="offline"), run_dir, config={"seed": 0})
     tracker.log_step("sae", {"loss": 9.0}, 5)
     tracker.finish()
@@ -155,13 +163,7 @@ def test_a_segment_logged_before_the_ledger_existed_is_continued_after(tmp_path,
 
 
 def test_the_reader_reads_a_killed_writers_log_up_to_its_last_whole_record(tmp_path):
-    env = wandb_env(tmp_path)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (tmp_path / "legacy.py").write_text(LEGACY_SEGMENT)
-    subprocess.run([sys.executable, str(tmp_path / "legacy.py"), str(run_dir), "cut01"], env=env, check=True,
-                   timeout=300)
-    (whole,) = segment_files(run_dir / "wandb", "cut01")
+    _, whole = legacy_run(tmp_path, "cut01", wandb_env(tmp_path))
     cut = tmp_path / "cut" / whole.name
     cut.parent.mkdir()
     data = whole.read_bytes()

@@ -481,6 +481,28 @@ def _entries_output(sae, x_norm_BD: Tensor, recon_norm_BD: Tensor, codes_BF: Ten
                      fired_F=fire_counts_F > 0, l0=firing_E.sum() / x_norm_BD.shape[0])
 
 
+class EntriesEncoding(NamedTuple):
+    """What a TopK or BatchTopK step has after its one dense GEMM (`_encode_for_entries`)."""
+    ws: Workspace
+    x_norm_BD: Tensor
+    x_aug_BE: Tensor  # [x | 1]
+    encoder_EF: Tensor  # [W_enc; b_enc − W_encᵀ b_dec]
+    pre_BF: Tensor  # pre-activations, in the workspace's "codes" buffer
+    aux_codes: AuxKCodes | None
+
+
+def _encode_for_entries(sae, x_BD: Tensor, dead_F: Tensor | None, aux_k: int | None) -> EntriesEncoding:
+    """The encoder GEMM of a TopK or BatchTopK step, and AuxK's codes when `dead_F` is given (`aux_k` None: the
+    SAE's own)."""
+    ws = workspace(sae)
+    x_norm_BD = sae.normalize(x_BD)
+    x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
+    pre_BF = torch.mm(x_aug_BE, encoder_EF, out=ws.get("codes", (x_norm_BD.shape[0], sae.d_sae), x_norm_BD))
+    aux_k = sae.aux_k if aux_k is None else aux_k
+    aux_codes = auxk_entries(pre_BF, dead_F, aux_k) if dead_F is not None else None
+    return EntriesEncoding(ws, x_norm_BD, x_aug_BE, encoder_EF, pre_BF, aux_codes)
+
+
 @torch.no_grad()
 def topk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = None,
                         aux_k: int | None = None) -> SAEOutput:
@@ -503,13 +525,8 @@ def topk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = None,
     NaN pre-activations are the largest values to torch.topk, as in `forward`, so non-finite inputs or encoder
     weights give a non-finite loss (non-finite decoder rows too, through a 0 · Σ W_dec term). The dense codes
     (`codes_BF`) reuse pre's memory."""
-    ws = workspace(sae)
-    x_norm_BD = sae.normalize(x_BD)
-    batch, width = x_norm_BD.shape[0], sae.d_sae
-    x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
-    pre_BF = torch.mm(x_aug_BE, encoder_EF, out=ws.get("codes", (batch, width), x_norm_BD))
-    aux_k = sae.aux_k if aux_k is None else aux_k
-    aux_codes = auxk_entries(pre_BF, dead_F, aux_k) if dead_F is not None else None
+    ws, x_norm_BD, x_aug_BE, _, pre_BF, aux_codes = _encode_for_entries(sae, x_BD, dead_F, aux_k)
+    batch = x_norm_BD.shape[0]
     values_BK, latents_BK = pre_BF.topk(k, dim=-1, sorted=False)
     codes_BK = values_BK.relu_()
     latents_E, codes_E = latents_BK.view(-1), codes_BK.view(-1)
@@ -527,13 +544,8 @@ def batchtopk_loss_and_grads(sae, x_BD: Tensor, k: int, dead_F: Tensor | None = 
     largest pre-activations of the batch (B × F), pre = x W_enc + b_enc − W_encᵀ b_dec; AuxK as TopK's
     (`topk_loss_and_grads`). The kept entries, E ≤ k·B of them, are any number to an example
     (`batch_top_entries`); the rest of the step is TopK's (`_entries_loss_and_grads`)."""
-    ws = workspace(sae)
-    x_norm_BD = sae.normalize(x_BD)
+    ws, x_norm_BD, x_aug_BE, encoder_EF, pre_BF, aux_codes = _encode_for_entries(sae, x_BD, dead_F, aux_k)
     batch, width = x_norm_BD.shape[0], sae.d_sae
-    x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
-    pre_BF = torch.mm(x_aug_BE, encoder_EF, out=ws.get("codes", (batch, width), x_norm_BD))
-    aux_k = sae.aux_k if aux_k is None else aux_k
-    aux_codes = auxk_entries(pre_BF, dead_F, aux_k) if dead_F is not None else None
     if pre_BF.device.type == "cpu" and not torch.isfinite(x_aug_BE.sum() + encoder_EF.sum()):
         # a diverging run: NaN pre-activations are the largest values to torch.topk, as in `forward` (so the loss
         # turns NaN and the trainer stops), where the CPU's sampled selection would pass over them
