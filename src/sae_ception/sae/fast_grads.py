@@ -113,6 +113,14 @@ def _set_encoder_grads(sae, grad_W_enc: Tensor, g_pre_sum_F: Tensor, g_recon_sum
     sae.b_dec_D.grad = torch.addmv(g_recon_sum_D, sae.W_enc_DF, g_pre_sum_F, alpha=-1)
 
 
+def _dense_grad_buffers(sae, ws: Workspace, x_norm_BD: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ReLU and JumpReLU steps' accumulators, summed over row blocks: (W_dec's gradient [F, D], the augmented
+    encoder's gradient [D + 1, F] (rows: W_enc's, then b_enc's), firing counts [F], Σ_b dL/drecon [D])."""
+    d_in, width = x_norm_BD.shape[1], sae.d_sae
+    return (ws.like(sae.W_dec_FD), ws.get("grad_encoder_aug", (d_in + 1, width), x_norm_BD),
+            ws.get("fire_counts", (width,), x_norm_BD), ws.get("g_recon_sum", (d_in,), x_norm_BD))
+
+
 CHUNK_BYTES = 2 << 20  # CPU: a row block's B x d_sae scratch tensors stay in a core's L2 cache (2 MiB here)
 MIN_CHUNK_ROWS = 128  # below this the GEMMs lose more than the cache saves
 
@@ -157,10 +165,8 @@ def relu_loss_and_grads(sae, x_BD: Tensor, l1_weight: float, norm_weighted: bool
         torch.mul(norms_F, l1_weight / batch, out=decoder_t_EF[d_in])
     else:
         decoder_t_EF[d_in].fill_(l1_weight / batch)
-    grad_W_dec = ws.like(sae.W_dec_FD)
-    grad_encoder_EF = ws.get("grad_encoder_aug", (d_in + 1, width), x_norm_BD)  # rows: W_enc's gradient, then b_enc's
-    code_sums_F, fire_counts_F = ws.get("code_sums", (width,), x_norm_BD), ws.get("fire_counts", (width,), x_norm_BD)
-    g_recon_sum_D = ws.get("g_recon_sum", (d_in,), x_norm_BD)
+    grad_W_dec, grad_encoder_EF, fire_counts_F, g_recon_sum_D = _dense_grad_buffers(sae, ws, x_norm_BD)
+    code_sums_F = ws.get("code_sums", (width,), x_norm_BD)
     recon_grad_scale = 2.0 / x_norm_BD.numel()
     squared_error = x_norm_BD.new_zeros(())
     for block, start in enumerate(range(0, batch, chunk)):
@@ -229,11 +235,8 @@ def jumprelu_loss_and_grads(sae, x_BD: Tensor, l0_weight: float, chunk_rows: int
     ones_B = ws.ones(batch, x_norm_BD)
     l0_term = x_norm_BD.new_full((), l0_weight / batch)  # dL/dH_bf of the L0 term
     x_aug_BE, encoder_EF = _augmented_encoder(sae, ws, x_norm_BD)
-    grad_W_dec = ws.like(sae.W_dec_FD)
-    grad_encoder_EF = ws.get("grad_encoder_aug", (d_in + 1, width), x_norm_BD)  # rows: W_enc's gradient, then b_enc's
-    fire_counts_F = ws.get("fire_counts", (width,), x_norm_BD)
+    grad_W_dec, grad_encoder_EF, fire_counts_F, g_recon_sum_D = _dense_grad_buffers(sae, ws, x_norm_BD)
     window_sums_F = ws.get("window_sums", (width,), x_norm_BD)  # Σ_b over the window of θ's per-entry terms
-    g_recon_sum_D = ws.get("g_recon_sum", (d_in,), x_norm_BD)
     recon_grad_scale = 2.0 / x_norm_BD.numel()
     squared_error = x_norm_BD.new_zeros(())
     for block, start in enumerate(range(0, batch, chunk)):
